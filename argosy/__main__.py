@@ -1,0 +1,3 @@
+from argosy.cli.main import main
+
+main()

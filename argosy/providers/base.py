@@ -1,0 +1,131 @@
+"""Small capability interfaces that providers implement. Callers check capabilities, never names.
+
+- `Instances`: machines we hold (plan -> provision -> status/list -> terminate).
+- `Endpoints`: serverless endpoints (plan -> deploy -> status -> destroy).
+- `Offerings`: live instance types and prices.
+- `Preflight`: are credentials, tools and quotas in place; each failed check carries a `fix`.
+
+`plan()` is pure: it renders the exact payload a provider will receive, so it can be printed
+(`--dry-run`) and unit-tested byte for byte. Only `provision`/`deploy`/`terminate`/`destroy` act.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from argosy.catalog.types import Offering
+
+InstanceState = Literal["provisioning", "running", "terminated", "preempted", "failed", "unknown"]
+# Every resource Argosy creates carries this label/tag so list() and cleanup never touch others.
+MANAGED_LABEL = "argosy-managed"
+
+
+@dataclass
+class InstanceRequest:
+    """What a caller wants: a node for a workload, on a chosen offering."""
+
+    name: str
+    offering: Offering
+    server_url: str = ""
+    agent_token: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    ssh_public_key: str | None = None
+    disk_gb: int = 100
+
+
+@dataclass
+class Plan:
+    """The pure, printable result of deciding what to create."""
+
+    provider: str
+    action: str  # "provision" | "deploy" | ...
+    offering: Offering | None
+    payload: dict[str, Any]  # the exact API payload
+    artifacts: dict[str, str] = field(default_factory=dict)  # rendered files: cloud-init, engine command...
+    estimated_cost_per_hour: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Instance:
+    provider: str
+    instance_id: str
+    name: str
+    state: InstanceState
+    region: str = ""
+    address: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    price_per_hour: float | None = None
+    reason: str = ""  # e.g. why it was preempted or failed
+
+
+@dataclass
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str | None = None
+
+
+@runtime_checkable
+class Instances(Protocol):
+    name: str
+
+    def plan(self, request: InstanceRequest) -> Plan: ...
+
+    def provision(self, plan: Plan) -> Instance: ...
+
+    def status(self, instance_id: str) -> Instance: ...
+
+    def list(self) -> list[Instance]: ...
+
+    def terminate(self, instance_id: str) -> None: ...
+
+
+@dataclass
+class EndpointRequest:
+    name: str
+    model: str
+    offering: Offering | None = None
+    min_workers: int = 0
+    max_workers: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Endpoint:
+    provider: str
+    endpoint_id: str
+    name: str
+    state: str
+    url: str | None = None
+    auth_header: dict[str, str] = field(default_factory=dict, repr=False)  # injected by the router only
+    price_per_second: float | None = None
+
+
+@runtime_checkable
+class Endpoints(Protocol):
+    name: str
+
+    def plan_endpoint(self, request: EndpointRequest) -> Plan: ...
+
+    def deploy(self, plan: Plan) -> Endpoint: ...
+
+    def endpoint_status(self, endpoint_id: str) -> Endpoint: ...
+
+    def destroy(self, endpoint_id: str) -> None: ...
+
+
+@runtime_checkable
+class Offerings(Protocol):
+    name: str
+
+    def offerings(self) -> list[Offering]: ...
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    name: str
+
+    def preflight(self) -> list[CheckResult]: ...

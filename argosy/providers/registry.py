@@ -1,0 +1,24 @@
+"""The provider registry. Add a provider by adding one line here (or an `argosy.providers` entry point)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from argosy.core.clock import Clock, SystemClock
+from argosy.core.config import Settings
+from argosy.core.registry import Entry, Registry
+
+PROVIDERS = Registry(
+    kind="provider",
+    entry_point_group="argosy.providers",
+    entries={
+        "local": Entry("argosy.providers.local:LocalProvider", summary="this machine, real processes"),
+        "fake": Entry("argosy.providers.fake:FakeProvider", summary="in-memory, clock-driven, fault injection"),
+    },
+)
+
+
+def get_provider(name: str, settings: Settings, clock: Clock | None = None) -> Any:
+    """An instance of provider `name`; providers take (settings, clock)."""
+    cls = PROVIDERS.load(name)
+    return cls(settings=settings, clock=clock or SystemClock())

@@ -72,6 +72,7 @@ class EngineConfig(_Strict):
 class Settings(_Strict):
     home: Path = Path("~/.argosy")
     database_url: str | None = None
+    cache: Path | None = Field(None, description="Where built engines and converted models are cached (default HOME/cache).")
     log_level: str = "INFO"
     server: ServerConfig = ServerConfig()
     providers: ProvidersConfig = ProvidersConfig()
@@ -88,7 +89,7 @@ class Settings(_Strict):
 
     @property
     def cache_dir(self) -> Path:
-        return self.home / "cache"
+        return self.cache.expanduser() if self.cache else self.home / "cache"
 
     @property
     def logs_dir(self) -> Path:
@@ -107,6 +108,7 @@ class Settings(_Strict):
 ENV_VARS: dict[str, str] = {
     "ARGOSY_HOME": "home",
     "ARGOSY_DATABASE_URL": "database_url",
+    "ARGOSY_CACHE_DIR": "cache",
     "ARGOSY_LOG_LEVEL": "log_level",
     "ARGOSY_SERVER_URL": "server.url",
     "ARGOSY_SERVER_HOST": "server.host",

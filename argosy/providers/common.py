@@ -1,0 +1,145 @@
+"""Helpers shared by the cloud providers: names, managed labels, credentials, preflight checks.
+
+Credentials come from each provider's own conventional environment variables (the ones its CLI and
+SDK read), so a user who already uses the provider needs to set nothing new. They are read once into
+the provider object and never logged or put into a Plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from argosy.core.errors import ArgosyError
+from argosy.fleet.bootstrap import BootstrapSpec
+from argosy.providers.base import MANAGED_LABEL, CheckResult, InstanceRequest
+
+NAME_PREFIX = "argosy-"
+NODE_LABEL = "argosy-node"
+# Where the pip spec for nodes comes from when the server does not pass one (a fork, a wheel URL).
+PIP_SPEC_ENV = "ARGOSY_NODE_PIP_SPEC"
+PIP_INDEX_ENV = "ARGOSY_NODE_PIP_INDEX_URL"
+
+
+def first_env(env: Mapping[str, str], names: Sequence[str]) -> tuple[str, str] | None:
+    """(name, value) of the first variable in `names` that is set and non-empty."""
+    for n in names:
+        v = env.get(n, "").strip()
+        if v:
+            return n, v
+    return None
+
+
+def node_name(name: str, limit: int = 63) -> str:
+    """A cloud-safe name (lowercase, digits, dashes) that starts with `argosy-`."""
+    base = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "node"
+    if not base.startswith(NAME_PREFIX):
+        base = NAME_PREFIX + base
+    return base[:limit].rstrip("-")
+
+
+def managed_labels(request: InstanceRequest) -> dict[str, str]:
+    """Labels for everything we create: the managed marker wins over anything the caller passed."""
+    return {**request.labels, MANAGED_LABEL: "true", NODE_LABEL: node_name(request.name)}
+
+
+def is_managed(labels: Mapping[str, str]) -> bool:
+    return labels.get(MANAGED_LABEL) == "true"
+
+
+def bootstrap_spec(request: InstanceRequest, env: Mapping[str, str]) -> BootstrapSpec:
+    if not request.server_url or not request.agent_token:
+        raise ArgosyError(
+            f"node '{request.name}' has no server URL or registration token to bootstrap with",
+            fix="provision through the server (`argosy deploy ...`), which issues a one-time token per node",
+        )
+    return BootstrapSpec(
+        server_url=request.server_url,
+        agent_token=request.agent_token,
+        node_name=node_name(request.name),
+        pip_spec=env.get(PIP_SPEC_ENV, ""),
+        pip_index_url=env.get(PIP_INDEX_ENV) or None,
+        gpu_count=request.offering.gpu_count if request.offering.gpu else 0,
+        labels=tuple(sorted((k, v) for k, v in request.labels.items())),
+    )
+
+
+def key_fingerprint(public_key: str) -> str:
+    """A short stable id for an SSH public key, for naming the key we upload."""
+    return hashlib.sha256(public_key.strip().encode()).hexdigest()[:10]
+
+
+def default_ssh_public_key(home: Path | None = None) -> str | None:
+    """The user's usual SSH public key, for callers building an InstanceRequest."""
+    ssh = (home or Path.home()) / ".ssh"
+    for name in ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"):
+        p = ssh / name
+        if p.is_file():
+            return p.read_text().strip()
+    return None
+
+
+def check_credential(env: Mapping[str, str], names: Sequence[str], provider: str, url: str) -> CheckResult:
+    found = first_env(env, names)
+    if found:
+        return CheckResult(f"{provider} credentials", True, f"{found[0]} is set")
+    return CheckResult(
+        f"{provider} credentials",
+        False,
+        f"none of {', '.join(names)} is set",
+        fix=f"create an API key at {url}, then `export {names[0]}=...`",
+    )
+
+
+def check_ssh_key(required: bool, home: Path | None = None) -> CheckResult:
+    key = default_ssh_public_key(home)
+    if key:
+        return CheckResult("ssh key", True, "found a public key in ~/.ssh")
+    return CheckResult(
+        "ssh key",
+        not required,
+        "no public key in ~/.ssh" + ("" if required else " (optional: nodes are reached through the agent)"),
+        fix="ssh-keygen -t ed25519 -f ~/.ssh/id_ed25519 -N ''",
+    )
+
+
+def check_tool(tool: str, why: str, fix: str) -> CheckResult:
+    path = shutil.which(tool)
+    if path:
+        return CheckResult(f"{tool} tool", True, path)
+    return CheckResult(f"{tool} tool", False, f"{tool} not found on PATH ({why})", fix=fix)
+
+
+def environ(env: Mapping[str, str] | None) -> dict[str, str]:
+    """A snapshot of the environment: providers read credentials once, at construction."""
+    return dict(os.environ if env is None else env)
+
+
+def require_kind(provider: str, kind: str, allowed: Sequence[str]) -> None:
+    if kind not in allowed:
+        raise ArgosyError(
+            f"{provider} cannot provision a '{kind}' offering (it offers: {', '.join(allowed)})",
+            fix=f"pick a {provider} offering of kind {' or '.join(allowed)}",
+        )
+
+
+# GPUs sold in more than one memory size carry it in their canonical name (architecture doc: H100-80GB).
+_SIZED = ("H100", "H200", "A100", "V100", "B200", "GH200", "MI300X")
+
+
+def canonical_gpu(model: str, memory_gb: float | None = None) -> str:
+    """The catalog's canonical GPU name from a provider's model string ('NVIDIA GeForce RTX 4090' -> RTX4090)."""
+    m = model.upper().replace("NVIDIA", "").replace("GEFORCE", "").replace("TESLA", "")
+    m = re.sub(r"\(.*?\)", "", m)
+    m = re.sub(r"(^|[\s_-])\d+\s*GB\b", " ", m)  # "80GB", "80 GB": the size is added back below
+    m = re.sub(r"[\s_]+", "", m).strip("-")
+    for suffix in ("PCIE", "SXM5", "SXM4", "SXM", "NVL", "HBM3"):
+        if m.endswith(suffix) and m != suffix:
+            m = m[: -len(suffix)].rstrip("-")
+    if m in _SIZED and memory_gb:
+        return f"{m}-{round(memory_gb)}GB"
+    return m

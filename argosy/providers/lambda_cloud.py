@@ -1,0 +1,233 @@
+"""Lambda Cloud: on-demand GPU VMs through the Lambda Cloud REST API. No spot market.
+
+Credentials: `LAMBDA_API_KEY` (create one at https://cloud.lambda.ai/api-keys/cloud-api).
+Nodes boot Lambda Stack (driver + CUDA preinstalled) and run the Argosy cloud-init as user data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from argosy.catalog.types import Offering
+from argosy.core.clock import Clock, SystemClock, iso
+from argosy.core.config import Settings
+from argosy.core.errors import ArgosyError, NotFoundError, ProviderAuthError, ProviderError
+from argosy.fleet.bootstrap import render_cloud_init
+from argosy.providers.base import MANAGED_LABEL, CheckResult, Instance, InstanceRequest, InstanceState, Plan
+from argosy.providers.clients.http import RetryPolicy
+from argosy.providers.clients.lambda_api import DEFAULT_BASE_URL, KEYS_URL, LambdaClient
+from argosy.providers.common import (
+    NAME_PREFIX,
+    bootstrap_spec,
+    canonical_gpu,
+    check_credential,
+    check_ssh_key,
+    environ,
+    first_env,
+    key_fingerprint,
+    managed_labels,
+    node_name,
+    require_kind,
+)
+
+KEY_VARS = ("LAMBDA_API_KEY", "LAMBDA_CLOUD_API_KEY")
+_STATES: dict[str, InstanceState] = {
+    "booting": "provisioning",
+    "active": "running",
+    "unhealthy": "unknown",
+    "terminating": "terminated",
+    "terminated": "terminated",
+    "preempted": "preempted",
+}
+
+
+class LambdaProvider:
+    name = "lambda"
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        base_url: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self._env = environ(env)
+        self._base_url = base_url or self._env.get("ARGOSY_LAMBDA_BASE_URL") or DEFAULT_BASE_URL
+        self._transport = transport
+        self._retry = retry
+        self._client: LambdaClient | None = None
+
+    # -- client --------------------------------------------------------------------------------
+    @property
+    def client(self) -> LambdaClient:
+        if self._client is None:
+            found = first_env(self._env, KEY_VARS)
+            if not found:
+                raise ProviderAuthError(
+                    "lambda: no API key is set",
+                    fix=f"create a key at {KEYS_URL}, then `export LAMBDA_API_KEY=...`",
+                    provider=self.name,
+                )
+            self._client = LambdaClient(found[1], self.clock, self._base_url, self._transport, self._retry)
+        return self._client
+
+    # -- Preflight -----------------------------------------------------------------------------
+    def preflight(self) -> list[CheckResult]:
+        cred = check_credential(self._env, KEY_VARS, self.name, KEYS_URL)
+        checks = [cred]
+        if cred.ok:
+            try:
+                keys = self.client.ssh_keys()  # cheap authenticated call
+                checks.append(
+                    CheckResult("lambda api", True, f"key accepted ({len(keys)} ssh key(s) on the account)")
+                )
+            except ProviderError as exc:
+                checks.append(CheckResult("lambda api", False, exc.message, fix=exc.fix))
+        checks.append(check_ssh_key(required=True))
+        return checks
+
+    # -- Offerings -----------------------------------------------------------------------------
+    def offerings(self) -> list[Offering]:
+        fetched = iso(self.clock.now())
+        out: list[Offering] = []
+        for type_name, entry in sorted(self.client.instance_types().items()):
+            it = entry["instance_type"]
+            specs = it.get("specs", {})
+            gpus = int(specs.get("gpus", 0))
+            gpu = _gpu_from_description(it.get("gpu_description", ""), gpus) if gpus else None
+            price = it["price_cents_per_hour"] / 100.0
+            regions = [r["name"] for r in entry.get("regions_with_capacity_available", [])]
+            common: dict[str, Any] = {
+                "provider": self.name,
+                "instance_type": type_name,
+                "gpu": gpu,
+                "gpu_count": gpus,
+                "kind": "vm",
+                "price_per_hour": price,
+                "vcpus": specs.get("vcpus"),
+                "ram_gb": specs.get("memory_gib"),
+                "source": f"{self._base_url}/instance-types",
+                "fetched_at": fetched,
+                "extra": {"description": it.get("description", "")},
+            }
+            # A type with no capacity anywhere still has a price the catalog wants; region "" marks it.
+            for region in regions or [""]:
+                out.append(Offering(region=region, available=bool(region), **common))
+        return out
+
+    # -- Instances -----------------------------------------------------------------------------
+    def plan(self, request: InstanceRequest) -> Plan:
+        off = request.offering
+        require_kind(self.name, off.kind, ["vm"])
+        if not request.ssh_public_key:
+            raise ArgosyError(
+                "lambda needs an SSH public key to launch an instance",
+                fix="ssh-keygen -t ed25519 -f ~/.ssh/id_ed25519 -N '' (Argosy uploads the .pub key)",
+            )
+        if not off.region:
+            raise ArgosyError(
+                f"lambda has no capacity for {off.instance_type} in any region right now",
+                fix="pick another instance type, or retry later",
+            )
+        cloud_init = render_cloud_init(bootstrap_spec(request, self._env))
+        labels = managed_labels(request)
+        payload = {
+            "region_name": off.region,
+            "instance_type_name": off.instance_type,
+            "ssh_key_names": [f"{NAME_PREFIX}{key_fingerprint(request.ssh_public_key)}"],
+            "file_system_names": [],
+            "quantity": 1,
+            "name": node_name(request.name, 64),
+            "user_data": cloud_init,
+            "tags": [{"key": k, "value": v} for k, v in sorted(labels.items())],
+        }
+        return Plan(
+            provider=self.name,
+            action="provision",
+            offering=off,
+            payload=payload,
+            artifacts={"cloud-init": cloud_init, "ssh_public_key": request.ssh_public_key},
+            estimated_cost_per_hour=off.price_per_hour,
+            notes=["Lambda bills per minute from boot until terminate; no spot market."],
+        )
+
+    def provision(self, plan: Plan) -> Instance:
+        self._ensure_ssh_key(plan.payload["ssh_key_names"][0], plan.artifacts["ssh_public_key"])
+        ids = self.client.launch(plan.payload)
+        if len(ids) != 1:
+            raise ProviderError(
+                f"lambda: launch returned {len(ids)} instance ids, expected 1", provider=self.name
+            )
+        return Instance(
+            provider=self.name,
+            instance_id=ids[0],
+            name=plan.payload["name"],
+            state="provisioning",
+            region=plan.payload["region_name"],
+            labels={t["key"]: t["value"] for t in plan.payload["tags"]},
+            price_per_hour=plan.estimated_cost_per_hour,
+        )
+
+    def _ensure_ssh_key(self, name: str, public_key: str) -> None:
+        if any(k.get("name") == name for k in self.client.ssh_keys()):
+            return
+        self.client.add_ssh_key(name, public_key)
+
+    def status(self, instance_id: str) -> Instance:
+        try:
+            data = self.client.instance(instance_id)
+        except NotFoundError:
+            return Instance(self.name, instance_id, "", "terminated", reason="no longer exists at lambda")
+        return self._to_instance(data)
+
+    def list(self) -> list[Instance]:
+        return [self._to_instance(d) for d in self.client.instances() if _is_managed(d)]
+
+    def terminate(self, instance_id: str) -> None:
+        try:
+            self.client.terminate([instance_id])
+        except NotFoundError:
+            return  # already gone: terminate is idempotent
+
+    def _to_instance(self, d: dict[str, Any]) -> Instance:
+        status = str(d.get("status", ""))
+        it = d.get("instance_type") or {}
+        price = it.get("price_cents_per_hour")
+        return Instance(
+            provider=self.name,
+            instance_id=d["id"],
+            name=d.get("name") or "",
+            state=_STATES.get(status, "unknown"),
+            region=(d.get("region") or {}).get("name", ""),
+            address=d.get("ip"),
+            labels=_tags(d),
+            price_per_hour=price / 100.0 if price is not None else None,
+            reason="" if status in ("active", "booting") else f"lambda status: {status}",
+        )
+
+
+def _tags(d: dict[str, Any]) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in d.get("tags") or []}
+
+
+def _is_managed(d: dict[str, Any]) -> bool:
+    # Tags are authoritative; instances listed without a tags field (older API answers) fall back to
+    # the name prefix Argosy gives every node.
+    if "tags" in d and d["tags"] is not None:
+        return _tags(d).get(MANAGED_LABEL) == "true"
+    return str(d.get("name") or "").startswith(NAME_PREFIX)
+
+
+def _gpu_from_description(desc: str, count: int) -> str:
+    """'A100 (40 GB SXM4)' -> A100-40GB."""
+    m = re.search(r"(\d+)\s*GB", desc)
+    return canonical_gpu(desc, float(m.group(1)) if m else None)

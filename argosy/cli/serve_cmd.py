@@ -1,9 +1,314 @@
-"""Commands for this area are added by `register`."""
+"""Serving commands: deploy, status, list, logs, chat, destroy, cost."""
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
+import httpx
 import typer
+from rich.console import Console
+
+from argosy.cli.connect import connect
+from argosy.cli.output import OUTPUT_OPTION, ago, check_format, emit_json, money, table
+from argosy.client import ArgosyClient
+from argosy.core.errors import ArgosyError
+
+err = Console(stderr=True)
+
+# After this many failed replicas in one wait, `deploy` stops waiting and shows why.
+FAILURES_BEFORE_GIVING_UP = 2
+
+
+def _wait_ready(client: ArgosyClient, name: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    seen_failed: set[str] = set()
+    with err.status(f"waiting for '{name}' to be ready…") as status:
+        while True:
+            d = client.deployment(name)
+            for r in d["replicas"]:
+                if r["state"] == "failed" and r["id"] not in seen_failed:
+                    seen_failed.add(r["id"])
+                    err.print(f"[red]replica {r['id']} failed:[/] {r['reason']}", highlight=False)
+            if d["ready_replicas"] >= max(1, min(d["desired_replicas"], 1)) and d["endpoint"]:
+                return d
+            if len(seen_failed) >= FAILURES_BEFORE_GIVING_UP:
+                raise ArgosyError(
+                    f"'{name}' failed to start {len(seen_failed)} times (reasons above); it keeps retrying with back-off",
+                    fix=f"see `argosy logs {name}`; fix the cause, then `argosy destroy {name}` and deploy again",
+                )
+            live = [r for r in d["replicas"] if r["state"] not in ("failed", "terminated", "preempted")]
+            if live:
+                r = live[-1]
+                msg = (r.get("workload") or {}).get("message") or r["reason"]
+                status.update(f"'{name}': replica {r['state']} — {msg}")
+            if time.monotonic() > deadline:
+                raise ArgosyError(
+                    f"'{name}' was not ready after {timeout:.0f}s", fix=f"see `argosy status {name}`"
+                )
+            time.sleep(0.5)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to `app` (none yet)."""
+    @app.command()
+    def deploy(
+        model: str = typer.Argument(..., help="Model directory (Hugging Face format or GGUF)."),
+        name: str = typer.Option(None, "--name", "-n", help="Deployment name (default: from the model)."),
+        provider: str = typer.Option("local", "--provider", "-p", help="Where to run the replicas."),
+        replicas: int = typer.Option(1, "--replicas", "-r", min=0, max=64),
+        engine: str = typer.Option(None, "--engine", help="Inference engine (default: llamacpp on CPU)."),
+        gpu: str = typer.Option(None, "--gpu", help="GPU type to run on."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until a replica is ready."),
+        timeout: float = typer.Option(1800, help="Seconds to wait for readiness."),
+        output: str = OUTPUT_OPTION,
+    ) -> None:
+        """Deploy a model behind an OpenAI-compatible endpoint."""
+        check_format(output)
+        client = connect(err)
+        res = client.deploy(
+            model, name=name, provider=provider, replicas=replicas, engine=engine, gpu=gpu, dry_run=dry_run
+        )
+        plan = res["plan"]
+        if dry_run:
+            if output == "json":
+                emit_json(plan)
+            else:
+                err.print(f"[bold]plan for '{plan['name']}'[/] (nothing was changed)")
+                typer.echo(json.dumps(plan, indent=2, default=str))
+            return
+        dep = res["deployment"]
+        o = plan["offering"]
+        err.print(
+            f"deploying [bold]{dep['name']}[/]: {plan['engine']} on {o['provider']}/{o['instance_type']} "
+            f"x{plan['replicas']} at {money(plan['estimated_cost_per_hour'])}/h",
+            highlight=False,
+        )
+        if wait and replicas > 0:
+            dep = _wait_ready(client, dep["name"], timeout)
+        if output == "json":
+            emit_json(dep)
+            return
+        if dep.get("endpoint"):
+            ep = dep["endpoint"]
+            err.print(f"[green]ready[/]: {ep}  (model name: {dep['name']})")
+            err.print(
+                f"  try: curl {ep}/chat/completions -H 'Content-Type: application/json' "
+                f'-d \'{{"model": "{dep["name"]}", "messages": [{{"role": "user", "content": "Hi"}}]}}\'',
+                highlight=False,
+            )
+
+    @app.command("list")
+    def list_(
+        all: bool = typer.Option(False, "--all", "-a", help="Include destroyed deployments."),
+        output: str = OUTPUT_OPTION,
+    ) -> None:
+        """List deployments."""
+        check_format(output)
+        deps = connect(err).deployments(all=all)
+        if output == "json":
+            emit_json(deps)
+            return
+        table(
+            None,
+            ["name", "state", "ready", "engine", "provider", "endpoint", "cost"],
+            [
+                [
+                    d["name"],
+                    d["state"],
+                    f"{d['ready_replicas']}/{d['desired_replicas']}",
+                    d["engine"],
+                    d["provider"],
+                    d["endpoint"] or "-",
+                    money(d["cost"]["cost_usd"]),
+                ]
+                for d in deps
+            ],
+        )
+
+    @app.command()
+    def status(name: str = typer.Argument(None), output: str = OUTPUT_OPTION) -> None:
+        """Show deployments, or one deployment with its replicas and recent events."""
+        check_format(output)
+        client = connect(err)
+        if name is None:
+            deps = client.deployments()
+            nodes = client.nodes()
+            if output == "json":
+                emit_json({"deployments": deps, "nodes": nodes})
+                return
+            table(
+                "deployments",
+                ["name", "state", "ready", "endpoint", "cost"],
+                [
+                    [
+                        d["name"],
+                        d["state"],
+                        f"{d['ready_replicas']}/{d['desired_replicas']}",
+                        d["endpoint"] or "-",
+                        money(d["cost"]["cost_usd"]),
+                    ]
+                    for d in deps
+                ],
+            )
+            table(
+                "nodes",
+                ["name", "provider", "status", "cpus", "ram", "gpus", "heartbeat"],
+                [
+                    [
+                        n["name"],
+                        n["provider"],
+                        n["status"],
+                        n["resources"].get("cpus"),
+                        n["resources"].get("ram_gb"),
+                        len(n["resources"].get("gpus", []) or []),
+                        ago(n["last_heartbeat"]),
+                    ]
+                    for n in nodes
+                ],
+            )
+            return
+        d = client.deployment(name)
+        events = client.events(deployment=name)[-15:]
+        if output == "json":
+            emit_json({**d, "events": events})
+            return
+        err.print(
+            f"[bold]{d['name']}[/] {d['state']} — {d['ready_replicas']}/{d['desired_replicas']} ready — "
+            f"{d['engine']} on {d['provider']} — endpoint {d['endpoint'] or '-'} — cost {money(d['cost']['cost_usd'])}",
+            highlight=False,
+        )
+        table(
+            "replicas",
+            ["id", "state", "since", "url", "$/h", "reason"],
+            [
+                [
+                    r["id"],
+                    r["state"],
+                    ago(r["since"]),
+                    r["url"] or "-",
+                    money(r["price_per_hour"]),
+                    r["reason"][:80],
+                ]
+                for r in d["replicas"]
+            ],
+        )
+        table(
+            "events",
+            ["when", "object", "change", "reason"],
+            [
+                [ago(e["ts"]), e["object_id"], f"{e['from'] or ''} → {e['to']}", e["reason"][:100]]
+                for e in events
+            ],
+        )
+
+    @app.command()
+    def logs(
+        name: str,
+        follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming new lines."),
+        tail: int = typer.Option(100, "--tail", help="Lines of history per replica."),
+    ) -> None:
+        """Show a deployment's engine logs."""
+        for chunk in connect(err).logs(name, follow=follow, tail=tail):
+            typer.echo(chunk, nl=False)
+
+    @app.command()
+    def chat(
+        name: str,
+        prompt: str,
+        stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
+        max_tokens: int = typer.Option(64, "--max-tokens"),
+        temperature: float = typer.Option(0.7, "--temperature"),
+    ) -> None:
+        """Send one chat message to a deployment through its router."""
+        d = connect(err).deployment(name)
+        if not d.get("endpoint"):
+            raise ArgosyError(
+                f"'{name}' has no ready endpoint ({d['state']})", fix=f"see `argosy status {name}`"
+            )
+        body = {
+            "model": name,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": stream,
+        }
+        url = d["endpoint"] + "/chat/completions"
+        try:
+            if not stream:
+                r = httpx.post(url, json=body, timeout=120)
+                if r.status_code >= 400:
+                    raise ArgosyError(f"the endpoint answered {r.status_code}: {r.text[:300]}")
+                typer.echo(r.json()["choices"][0]["message"]["content"])
+                return
+            with httpx.stream("POST", url, json=body, timeout=120) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise ArgosyError(f"the endpoint answered {r.status_code}: {r.text[:300]}")
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        raise ArgosyError(f"the stream ended with an error: {chunk['error']}")
+                    for c in chunk.get("choices", []):
+                        typer.echo((c.get("delta") or {}).get("content") or "", nl=False)
+                typer.echo()
+        except httpx.TransportError as exc:
+            raise ArgosyError(f"cannot reach {url}: {exc}", fix=f"see `argosy status {name}`") from exc
+
+    @app.command()
+    def destroy(
+        name: str = typer.Argument(None),
+        all: bool = typer.Option(False, "--all", help="Destroy every deployment."),
+        wait: bool = typer.Option(True, "--wait/--no-wait"),
+        timeout: float = typer.Option(120, help="Seconds to wait for clean-up."),
+    ) -> None:
+        """Destroy a deployment (or --all): drain replicas, stop engines and the router."""
+        if not name and not all:
+            raise typer.BadParameter("give a deployment NAME or --all")
+        client = connect(err)
+        names = [d["name"] for d in client.deployments()] if all else [name]
+        for n in names:
+            client.destroy(n)
+        if wait and names:
+            deadline = time.monotonic() + timeout
+            with err.status(f"destroying {', '.join(names)}…"):
+                while time.monotonic() < deadline:
+                    live = {d["name"] for d in client.deployments()}
+                    if not live.intersection(names):
+                        break
+                    time.sleep(0.5)
+                else:
+                    raise ArgosyError(
+                        "clean-up is still running", fix="check `argosy status`; it continues in the server"
+                    )
+        err.print(f"destroyed {', '.join(names) if names else 'nothing (no deployments)'}")
+
+    @app.command()
+    def cost(name: str = typer.Argument(None), output: str = OUTPUT_OPTION) -> None:
+        """What each deployment has cost so far, from the ledger."""
+        check_format(output)
+        led = connect(err).ledger(name)
+        if output == "json":
+            emit_json(led)
+            return
+        table(
+            "cost",
+            ["deployment", "state", "provider", "replica-hours", "rate $/h", "cost"],
+            [
+                [
+                    r["deployment"],
+                    r["state"],
+                    r["provider"],
+                    f"{r['seconds'] / 3600:.4f}",
+                    ", ".join(f"{x:g}" for x in r["rates"]) or "-",
+                    money(r["cost_usd"]),
+                ]
+                for r in led["deployments"]
+            ],
+        )
+        err.print(
+            f"total: {money(led['total']['cost_usd'])} over {led['total']['seconds'] / 3600:.4f} replica-hours"
+        )

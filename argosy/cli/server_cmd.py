@@ -1,9 +1,104 @@
-"""Commands for this area are added by `register`."""
+"""`argosy server [start|stop|status]` and `argosy agent`."""
 
 from __future__ import annotations
 
+import os
+
 import typer
+from rich.console import Console
+
+from argosy.core import proc
+from argosy.core.config import load_settings
+from argosy.core.errors import ArgosyError
+
+console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to `app` (none yet)."""
+    server = typer.Typer(help="Run or manage the control-plane server.", invoke_without_command=True)
+
+    @server.callback()
+    def run_server(
+        ctx: typer.Context,
+        host: str = typer.Option(None, help="Address to listen on (default from settings: 127.0.0.1)."),
+        port: int = typer.Option(None, help="Port to listen on (default 8750)."),
+    ) -> None:
+        """With no subcommand: run the server in the foreground."""
+        if ctx.invoked_subcommand is not None:
+            ctx.obj = {"host": host, "port": port}
+            return
+        from argosy.server.run import serve
+
+        settings = load_settings()
+        serve(settings, host or settings.server.host, port or settings.server.port)
+
+    @server.command("start")
+    def start(
+        host: str = typer.Option(None, help="Address to listen on."),
+        port: int = typer.Option(None, help="Port to listen on."),
+    ) -> None:
+        """Start the local server in the background."""
+        from argosy.cli.connect import running_local, start_local
+
+        settings = load_settings()
+        local = running_local(settings)
+        if local is not None:
+            console.print(f"already running at {local.url} (pid {local.pid})")
+            return
+        start_local(settings, console, host, port)
+
+    @server.command("stop")
+    def stop() -> None:
+        """Stop the local server (its routers and local agent stop with it; deployments resume at next start)."""
+        from argosy.cli.connect import running_local
+
+        settings = load_settings()
+        local = running_local(settings)
+        if local is None:
+            console.print("no local server is running")
+            return
+        with console.status(f"stopping the server (pid {local.pid})…"):
+            proc.stop(local.pid, timeout=40)
+        console.print("stopped")
+
+    @server.command("status")
+    def status() -> None:
+        """Is the local server running, and where."""
+        from argosy.cli.connect import healthy, running_local
+
+        settings = load_settings()
+        local = running_local(settings)
+        if local is None:
+            console.print("not running")
+            raise typer.Exit(1)
+        state = "healthy" if healthy(local.url) else "not answering"
+        typer.echo(f"running at {local.url} (pid {local.pid}, {state}); home {settings.home}")
+
+    app.add_typer(server, name="server")
+
+    @app.command("agent")
+    def agent(
+        server_url: str = typer.Option(..., "--server", help="The Argosy server's URL."),
+        token: str = typer.Option(
+            None, "--token", envvar="ARGOSY_AGENT_TOKEN", help="This node's agent token."
+        ),
+        name: str = typer.Option(None, "--name", help="Node name shown in listings."),
+        address: str = typer.Option(
+            "127.0.0.1", "--address", help="Address the server reaches this node's engines at."
+        ),
+    ) -> None:
+        """Run the node agent: register, heartbeat, and run the workloads the server assigns."""
+        from argosy.core.log import setup_logging
+        from argosy.fleet.agent import Agent
+        from argosy.serve.engine_glue import prepare_workload
+
+        if not token:
+            raise ArgosyError("the agent needs a token", fix="pass --token or set ARGOSY_AGENT_TOKEN")
+        settings = load_settings()
+        setup_logging(settings.log_level, "agent")
+        os.makedirs(settings.home / "agent", exist_ok=True)
+
+        def prepare(spec, port, progress):  # type: ignore[no-untyped-def]
+            return prepare_workload(spec, port, settings, progress, host=address)
+
+        Agent(server_url, token, settings, prepare, name=name, host=address).run()

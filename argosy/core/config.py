@@ -72,7 +72,9 @@ class EngineConfig(_Strict):
 class Settings(_Strict):
     home: Path = Path("~/.argosy")
     database_url: str | None = None
-    cache: Path | None = Field(None, description="Where built engines and converted models are cached (default HOME/cache).")
+    cache: Path | None = Field(
+        None, description="Where built engines and converted models are cached (default HOME/cache)."
+    )
     log_level: str = "INFO"
     server: ServerConfig = ServerConfig()
     providers: ProvidersConfig = ProvidersConfig()
@@ -138,7 +140,11 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = Settings
     for part in path:
         field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
             return None
         model = field.annotation
     return model
@@ -175,7 +181,10 @@ def config_path(env: dict[str, str]) -> Path | None:
     if env.get("ARGOSY_CONFIG"):
         p = Path(env["ARGOSY_CONFIG"]).expanduser()
         if not p.exists():
-            raise ConfigError(f"ARGOSY_CONFIG points at {p}, which does not exist", fix="unset ARGOSY_CONFIG or create the file")
+            raise ConfigError(
+                f"ARGOSY_CONFIG points at {p}, which does not exist",
+                fix="unset ARGOSY_CONFIG or create the file",
+            )
         return p
     home = Path(env.get("ARGOSY_HOME", "~/.argosy")).expanduser()
     for p in (Path("argosy.yaml"), home / "argosy.yaml"):
@@ -194,7 +203,9 @@ def parse_config(text: str, source: str = "argosy.yaml", env: dict[str, str] | N
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys", fix=f"see docs/configuration.md")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys", fix="see docs/configuration.md"
+        )
     for var, dotted in ENV_VARS.items():
         if env and env.get(var):
             _set_dotted(data, dotted, env[var])

@@ -73,7 +73,11 @@ class RateLimitError(ProviderError):
     http_status = 429
 
     def __init__(
-        self, message: str, fix: str | None = None, provider: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        fix: str | None = None,
+        provider: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, fix, provider)
         self.retry_after = retry_after

@@ -49,5 +49,7 @@ class Registry:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             fix = f"pip install 'argosy[{entry.extra}]'" if entry.extra else "reinstall argosy"
-            raise ArgosyError(f"{self.kind} '{name}' needs a package that is not installed ({exc.name})", fix=fix) from exc
+            raise ArgosyError(
+                f"{self.kind} '{name}' needs a package that is not installed ({exc.name})", fix=fix
+            ) from exc
         return getattr(module, attr)

@@ -45,6 +45,8 @@ class Plan:
     artifacts: dict[str, str] = field(default_factory=dict)  # rendered files: cloud-init, engine command...
     estimated_cost_per_hour: float | None = None
     notes: list[str] = field(default_factory=list)
+    # Tokens the apply step needs but a printed plan must never show.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass

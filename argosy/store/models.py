@@ -1,0 +1,118 @@
+"""Tables. Times are epoch seconds (floats) taken from the injectable clock, so tests control them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16), index=True)  # shown in listings; never the key
+    key_hash: Mapped[str] = mapped_column(String(128))  # sha256(salt + key), hex
+    salt: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(20))  # admin | agent | user
+    node_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # agent keys are node-scoped
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    provider: Mapped[str] = mapped_column(String(40))
+    provider_instance_id: Mapped[str] = mapped_column(String(200))
+    # provisioning -> ready -> unhealthy | cordoned | draining -> terminated; preempted; failed
+    status: Mapped[str] = mapped_column(String(20))
+    address: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    region: Mapped[str] = mapped_column(String(60), default="")
+    offering: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    price_per_hour: Mapped[float | None] = mapped_column(Float, nullable=True)
+    resources: Mapped[dict[str, Any]] = mapped_column(default=dict)  # cpus, ram_gb, gpus[]
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    last_heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_nodes_provider_instance", "provider", "provider_instance_id"),)
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    engine: Mapped[str] = mapped_column(String(40))
+    provider: Mapped[str] = mapped_column(String(40))
+    replicas: Mapped[int] = mapped_column(Integer)  # desired
+    state: Mapped[str] = mapped_column(String(20))  # active | destroying | destroyed
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)  # engine args, offering, fallbacks...
+    router_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    router_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    router_admin_token: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    router_table_version: Mapped[str] = mapped_column(String(64), default="")  # hash of the last table pushed
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Replica(Base):
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), index=True)
+    node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.id"), nullable=True)
+    # pending -> provisioning -> starting -> ready -> draining -> terminated; failed; preempted
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    offering: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    price_per_hour: Mapped[float | None] = mapped_column(Float, nullable=True)
+    url: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    workload: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the agent's last report
+    created_at: Mapped[float] = mapped_column(Float)
+    state_changed_at: Mapped[float] = mapped_column(Float)
+    billed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # deployment | replica | node
+    object_id: Mapped[str] = mapped_column(String(40), index=True)
+    deployment_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    from_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class LedgerEntry(Base):
+    """A span of paid resource time, priced at the rate in force (kept even if the offering disappears)."""
+
+    __tablename__ = "ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    resource_kind: Mapped[str] = mapped_column(String(20))  # replica | node | job | run
+    resource_id: Mapped[str] = mapped_column(String(40), index=True)
+    deployment_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    provider: Mapped[str] = mapped_column(String(40))
+    offering_key: Mapped[str] = mapped_column(String(300), default="")
+    start_ts: Mapped[float] = mapped_column(Float)
+    end_ts: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    price_per_hour: Mapped[float] = mapped_column(Float)
+    cost_usd: Mapped[float] = mapped_column(Float)

@@ -42,6 +42,7 @@ class Timeouts:
     start_s: float = 120.0  # engine process start -> healthy
     drain_s: float = 60.0
     node_lost_s: float = 60.0  # unhealthy this long -> its replicas are failed
+    quiet_s: float = 5.0  # an agent silent this long makes us ask the provider (preemption kills agents)
     crash_window_s: float = 600.0
     max_backoff_s: float = 300.0
 
@@ -172,6 +173,9 @@ class DeploymentReconciler:
         if node is None:
             self._fail(s, dep, r, "failed", "its node record is missing", now)
             return
+        quiet = node.last_heartbeat is not None and now - node.last_heartbeat > self.timeouts.quiet_s
+        if r.state != "provisioning" and quiet and node.status not in ("terminated", "preempted", "failed"):
+            self._check_instance(s, dep, node, now)
         lost = self._node_lost(node, now)
         work = r.workload or {}
         wstate = work.get("state")

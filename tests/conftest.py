@@ -1,0 +1,61 @@
+"""Shared fixtures: an isolated ARGOSY_HOME per test, stores on SQLite and (when available) PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from argosy.core.config import Settings, ensure_home, parse_config
+
+# Built engines and converted models are cached here across tests and runs (outside the repo).
+TEST_CACHE = Path(os.environ.get("ARGOSY_TEST_CACHE", Path.home() / ".cache" / "argosy-test"))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("ARGOSY_HOME", str(h))
+    monkeypatch.setenv("ARGOSY_CACHE_DIR", str(TEST_CACHE))
+    monkeypatch.delenv("ARGOSY_SERVER_URL", raising=False)
+    monkeypatch.delenv("ARGOSY_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ARGOSY_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return h
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    s = parse_config("", env={"ARGOSY_HOME": str(home), "ARGOSY_CACHE_DIR": str(TEST_CACHE)})
+    ensure_home(s)
+    return s
+
+
+def _postgres_url() -> str | None:
+    return os.environ.get("ARGOSY_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on each backend. PostgreSQL tests need ARGOSY_TEST_POSTGRES_URL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    base = _postgres_url()
+    if not base:
+        pytest.skip("PostgreSQL not configured: set ARGOSY_TEST_POSTGRES_URL (.ci/run starts one)")
+    import psycopg
+
+    name = f"argosy_test_{uuid.uuid4().hex[:10]}"
+    admin = base.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    head, _, _ = base.rpartition("/")
+    try:
+        yield f"{head}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -13,7 +13,9 @@ PROVIDERS = Registry(
     entry_point_group="argosy.providers",
     entries={
         "local": Entry("argosy.providers.local:LocalProvider", summary="this machine, real processes"),
-        "fake": Entry("argosy.providers.fake:FakeProvider", summary="in-memory, clock-driven, fault injection"),
+        "fake": Entry(
+            "argosy.providers.fake:FakeProvider", summary="in-memory, clock-driven, fault injection"
+        ),
     },
 )
 

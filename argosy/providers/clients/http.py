@@ -95,10 +95,19 @@ class JsonApi:
         self._client.close()
 
     def request(
-        self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        idempotent: bool | None = None,
     ) -> Any:
-        """Send one request; return the decoded JSON body (None for an empty one)."""
-        retry_on_failure = method.upper() in IDEMPOTENT
+        """Send one request; return the decoded JSON body (None for an empty one).
+
+        `idempotent=True` marks a POST that only reads (a search, a GraphQL query) as safe to retry.
+        """
+        retry_on_failure = method.upper() in IDEMPOTENT if idempotent is None else idempotent
         last_error: ProviderError | None = None
         for attempt in range(self._retry.attempts):
             try:

@@ -16,6 +16,9 @@ PROVIDERS = Registry(
         "fake": Entry(
             "argosy.providers.fake:FakeProvider", summary="in-memory, clock-driven, fault injection"
         ),
+        "lambda": Entry("argosy.providers.lambda_cloud:LambdaProvider", summary="Lambda Cloud GPU VMs"),
+        "runpod": Entry("argosy.providers.runpod:RunPodProvider", summary="RunPod GPU pods, spot too"),
+        "vast": Entry("argosy.providers.vast:VastProvider", summary="Vast.ai marketplace, on-demand and bid"),
     },
 )
 

@@ -14,6 +14,7 @@ from argosy.core.errors import ArgosyError, ConflictError, NotFoundError, did_yo
 from argosy.core.ids import new_id, valid_name
 from argosy.providers.base import InstanceRequest, Instances, Offerings
 from argosy.providers.registry import PROVIDERS
+from argosy.serve.engine_glue import parse_engine_args
 from argosy.serve.reconciler import offering_dict
 from argosy.store.events import transition
 from argosy.store.ledger import totals
@@ -52,6 +53,7 @@ def validate(req: DeployRequest, engines: list[str], default_engine: str) -> Dep
             f"unknown engine '{engine}'." + (f" Did you mean '{near}'?" if near else ""),
             fix=f"use one of: {', '.join(engines)}",
         )
+    parse_engine_args(req.engine_args)
     if req.replicas < 0 or req.replicas > 64:
         raise ArgosyError(f"--replicas must be between 0 and 64, not {req.replicas}")
     looks_local = req.model.startswith((".", "/", "~")) or Path(req.model).expanduser().exists()

@@ -1,0 +1,78 @@
+"""Between deployments and engines: build a ServingSpec from a deployment or workload, render or launch it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from argosy.core.config import Settings
+from argosy.core.errors import ArgosyError, did_you_mean
+from argosy.fleet.agent import Launch
+from argosy.serve.engines.base import ServingSpec
+from argosy.serve.engines.registry import engine_names as _engine_names
+from argosy.serve.engines.registry import get_engine
+
+# `--engine-arg KEY=VALUE` keys a deployment may set, and their types.
+ENGINE_ARGS: dict[str, type] = {"parallel": int, "context": int, "threads": int, "dtype": str, "gpus": int}
+
+
+def engine_names() -> list[str]:
+    return _engine_names()
+
+
+def parse_engine_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Strict: an unknown key is an error naming the nearest valid one."""
+    out: dict[str, Any] = {}
+    for k, v in args.items():
+        if k not in ENGINE_ARGS:
+            near = did_you_mean(k, ENGINE_ARGS)
+            raise ArgosyError(
+                f"unknown engine argument '{k}'" + (f"; did you mean '{near}'?" if near else ""),
+                fix=f"valid engine arguments: {', '.join(ENGINE_ARGS)}",
+            )
+        try:
+            out[k] = ENGINE_ARGS[k](v)
+        except (TypeError, ValueError) as exc:
+            raise ArgosyError(f"engine argument '{k}' must be {ENGINE_ARGS[k].__name__}, not {v!r}") from exc
+    return out
+
+
+def build_spec(
+    model: str, served_name: str, args: dict[str, Any], settings: Settings, port: int, host: str = "127.0.0.1"
+) -> ServingSpec:
+    cfg = settings.engine.llamacpp
+    merged: dict[str, Any] = {"parallel": cfg.parallel, "context": cfg.context, "threads": cfg.threads}
+    merged.update(parse_engine_args(args))
+    return ServingSpec(model=model, served_name=served_name, host=host, port=port, **merged)
+
+
+def engine_plan(req: Any, settings: Settings) -> dict[str, Any]:
+    """The engine command a replica would run, rendered without touching the node (for plans)."""
+    engine = get_engine(req.engine)
+    spec = build_spec(req.model, req.name, req.engine_args, settings, port=8080)
+    engine.validate(spec)
+    cmd = engine.command(spec)
+    return {**cmd.to_dict(), "shell": cmd.shell(), "port": "chosen by the agent at start"}
+
+
+def prepare_workload(
+    workload: dict[str, Any],
+    port: int,
+    settings: Settings,
+    progress: Callable[[str], None],
+    host: str = "127.0.0.1",
+) -> Launch:
+    """Node-side: obtain the engine and convert the model (cached), then render the real command."""
+    engine = get_engine(workload["engine"])
+    spec = build_spec(
+        workload["model"], workload["served_name"], workload.get("args", {}), settings, port, host
+    )
+    engine.validate(spec)
+
+    def report(message: str, fraction: float | None = None) -> None:
+        progress(message if fraction is None else f"{message} ({fraction:.0%})")
+
+    prepared = engine.prepare(spec, settings, report)
+    cmd = engine.command(spec, prepared)
+    return Launch(argv=list(cmd.argv), env={**os.environ, **cmd.env}, health_url=cmd.health_url)

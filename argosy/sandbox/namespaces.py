@@ -1,0 +1,537 @@
+"""The `namespaces` isolation backend: bubblewrap, cgroups, rlimits, seccomp.
+
+One sandbox is one `bwrap` process tree:
+
+- user, PID, mount, network (unless asked), IPC, UTS and cgroup namespaces (`--unshare-*`);
+- a fresh root with only `ro_paths` bound read-only (no home dirs, no /var, no server database),
+  secrets like /etc/shadow masked, a private /tmp tmpfs with a size cap, the work dir at /work;
+- uid/gid 65534 inside; when the agent is root, bwrap itself is started as the unprivileged
+  `config.uid`, so the sandbox's processes are not root on the host either;
+- no capabilities (`--cap-drop ALL`), `no_new_privs` (bwrap sets it before loading the filter),
+  no further user namespaces (`--disable-userns`), the seccomp deny list of seccomp.py;
+- a cgroup (v1 or v2) for memory, pids and CPU; rlimits always (core, file size, open files, CPU
+  seconds) and, where no cgroup controller exists, also address space and process count.
+
+Start-up is split in two so pools can pre-warm: `prepare()` starts bwrap blocked on `--block-fd`
+(namespaces and mounts are built; nothing of the user's has run), then the caller writes files into
+the work dir and `Prepared.start()` writes the command, applies the limits and unblocks it. The
+blocked processes are attached to the cgroup before they are unblocked, so every process the code
+creates is inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from argosy.core.ids import new_id
+from argosy.sandbox import cgroups, seccomp
+from argosy.sandbox.config import SandboxConfig
+from argosy.sandbox.errors import BackendUnavailableError, SandboxError
+from argosy.sandbox.languages import SANDBOX_PATH, Limits
+
+INSIDE_UID = 65534
+WORK = "/work"
+CTL = "/run/argosy"  # read-only inside: the command script and stdin, written by the agent
+READ_CHUNK = 65536
+
+
+@dataclass
+class ProcessResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    oom_killed: bool
+    truncated: bool
+    duration_ms: float
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Prepared:
+    """A started, blocked sandbox: namespaces and mounts exist, no user code has run."""
+
+    backend: NamespacesBackend
+    run_dir: Path  # removed on close: ctl/ and, unless a session's work dir was given, work/
+    ctl_dir: Path
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    child_pid: int
+    block_w: int
+    cgroup: cgroups.RunCgroup | None
+    network: bool
+    created_mono: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def start(
+        self,
+        argv: list[str],
+        limits: Limits,
+        env: dict[str, str] | None = None,
+        stdin: bytes | None = None,
+    ) -> ProcessResult:
+        """Run `argv` in /work under `limits`; returns when it exits, is killed, or floods its output."""
+        if self.closed or not self.alive():
+            raise SandboxError("this sandbox is no longer usable", fix="retry; a fresh sandbox will be started")
+        try:
+            self._write_command(argv, env or {}, stdin, self.backend.ulimits(self, limits))
+            self.backend.apply_limits(self, limits)
+            return self._run(limits)
+        finally:
+            self.close()
+
+    def _write_command(self, argv: list[str], env: dict[str, str], stdin: bytes | None, ulimits: list[str]) -> None:
+        lines = ["set -e", *ulimits]
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+        stdin_path = f"{CTL}/stdin" if stdin is not None else "/dev/null"
+        if stdin is not None:
+            (self.ctl_dir / "stdin").write_bytes(stdin)
+            (self.ctl_dir / "stdin").chmod(0o644)
+        # `exec` so the code is the shell's process, its exit status is ours and no shell lingers.
+        lines.append(f"exec {shlex.join(argv)} < {stdin_path}")
+        script = self.ctl_dir / "cmd.sh"
+        script.write_text("\n".join(lines) + "\n")
+        script.chmod(0o644)
+
+    def _run(self, limits: Limits) -> ProcessResult:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        cap = limits.max_output_bytes
+        out = {self.proc.stdout.fileno(): bytearray(), self.proc.stderr.fileno(): bytearray()}
+        total = 0
+        truncated = timed_out = False
+        sel = selectors.DefaultSelector()
+        for fd in out:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        t0 = time.monotonic()
+        deadline = t0 + limits.timeout_ms / 1000
+        os.write(self.block_w, b"1")  # unblock: from here on, the user's code runs
+        os.close(self.block_w)
+        self.block_w = -1
+        try:
+            while sel.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                for key, _ in sel.select(remaining):
+                    fd = int(key.fd)
+                    try:
+                        chunk = os.read(fd, READ_CHUNK)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        sel.unregister(fd)
+                        continue
+                    keep = max(0, cap - total)
+                    out[fd] += chunk[:keep]
+                    total += len(chunk)
+                    if total > cap:
+                        truncated = True
+                if truncated:
+                    break  # an output flood: stop it now rather than read (and discard) until the deadline
+            if not timed_out and not truncated:
+                # Both pipes closed; the process may still be running (it closed them itself).
+                try:
+                    self.proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+        finally:
+            sel.close()
+            if timed_out or truncated or self.proc.poll() is None:
+                self.kill()
+            self.proc.wait()
+        duration_ms = (time.monotonic() - t0) * 1000
+        rc = self.proc.returncode
+        oom = bool(self.cgroup and self.cgroup.oom_kills() > 0)
+        exit_code: int | None = rc
+        sig: int | None = None
+        if timed_out or truncated:
+            exit_code, sig = None, signal.SIGKILL
+        elif rc < 0:
+            exit_code, sig = None, -rc
+        elif 128 < rc <= 128 + 64:
+            # bwrap reports a child killed by signal N as 128+N, as shells do.
+            exit_code, sig = None, rc - 128
+        return ProcessResult(
+            stdout=bytes(out[self.proc.stdout.fileno()]),
+            stderr=bytes(out[self.proc.stderr.fileno()]),
+            exit_code=exit_code,
+            signal=sig,
+            timed_out=timed_out,
+            oom_killed=oom,
+            truncated=truncated,
+            duration_ms=duration_ms,
+        )
+
+    def kill(self) -> None:
+        # PID 1 of the sandbox's PID namespace first: when it dies the kernel kills every process in it.
+        for pid in (self.child_pid, self.proc.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.proc.poll() is None:
+            self.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+        if self.block_w >= 0:
+            os.close(self.block_w)
+            self.block_w = -1
+        if self.cgroup is not None:
+            self.cgroup.destroy()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class NamespacesBackend:
+    name = "namespaces"
+    summary = "bubblewrap namespaces + cgroups + rlimits + seccomp (default on Linux)"
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.bwrap = shutil.which("bwrap")
+        self.cgroups = cgroups.detect()
+        self.is_root = os.geteuid() == 0
+        self._bpf: bytes | None = None
+        self.runs_dir = config.base_dir / "runs"
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def checks(self) -> list[Check]:
+        out = [Check("linux", os.uname().sysname == "Linux", os.uname().sysname)]
+        out.append(Check("bwrap", self.bwrap is not None, self.bwrap or "not found (apt-get install bubblewrap)"))
+        ok, why = seccomp.available()
+        out.append(Check("seccomp", ok, why))
+        out.append(Check("cgroups", self.cgroups.version != "none", self.cgroups.reason + ("" if self.cgroups.version != "none" else "; rlimits only")))
+        out.append(
+            Check(
+                "host uid",
+                True,
+                f"sandboxed code runs as uid {self.config.uid} on the host"
+                if self.is_root
+                else f"agent is not root: sandboxed code runs as this user (uid {os.getuid()}) on the host",
+            )
+        )
+        if self.bwrap:
+            try:
+                res = self.run_argv(["true"], Limits(5000, 64, 1, 1024, 16, 1))
+                out.append(Check("smoke", res.exit_code == 0, f"`true` in a sandbox exited {res.exit_code}: {res.stderr[-300:].decode(errors='replace')}"))
+            except Exception as exc:  # doctor reports every failure instead of dying on the first
+                out.append(Check("smoke", False, str(exc)))
+        return out
+
+    def available(self) -> tuple[bool, str]:
+        failed = [c for c in self.checks() if not c.ok and c.name != "cgroups"]
+        if failed:
+            return False, "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        return True, "ok"
+
+    def require(self) -> None:
+        if self.bwrap is None:
+            raise BackendUnavailableError(
+                "the namespaces sandbox needs bubblewrap, which is not installed on this node",
+                fix="apt-get install -y bubblewrap (then `argosy sandbox doctor`)",
+            )
+
+    # -- building blocks ---------------------------------------------------------------------------
+
+    def bpf(self) -> bytes:
+        if self._bpf is None:
+            ok, why = seccomp.available()
+            if not ok:
+                raise BackendUnavailableError(f"cannot build the seccomp filter: {why}", fix="pip install pyseccomp")
+            self._bpf = seccomp.compile_filter()
+        return self._bpf
+
+    def _owner(self) -> tuple[int, int]:
+        return (self.config.uid, self.config.gid) if self.is_root else (os.getuid(), os.getgid())
+
+    def make_dir(self, path: Path, mode: int = 0o700, sandbox_owned: bool = True) -> None:
+        path.mkdir(mode=mode, parents=False, exist_ok=True)
+        path.chmod(mode)
+        if sandbox_owned and self.is_root:
+            os.chown(path, *self._owner())
+
+    def ensure_base(self) -> None:
+        # 0711: bwrap (running as the sandbox uid) must traverse to the run dirs; it cannot list them.
+        for d in (self.config.base_dir, self.runs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o711)
+
+    def bwrap_argv(self, network: bool, limits_tmpfs_mb: int, workdir: Path, ctl_dir: Path, block_fd: int, seccomp_fd: int, info_fd: int) -> list[str]:
+        assert self.bwrap is not None
+        argv = [
+            self.bwrap,
+            "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--disable-userns",
+            "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID),
+            "--hostname", "sandbox",
+            "--cap-drop", "ALL",
+        ]  # fmt: skip
+        if not network:
+            argv.append("--unshare-net")
+        for p in self.config.ro_paths:
+            path = Path(p)
+            if path.is_symlink():
+                argv += ["--symlink", os.readlink(path), p]  # merged-/usr systems: /bin -> usr/bin
+            elif path.exists():
+                argv += ["--ro-bind", p, p]
+        for p in self.config.masked_paths:
+            path = Path(p)
+            if path.is_dir():
+                argv += ["--tmpfs", p]
+            elif path.exists():
+                argv += ["--ro-bind", "/dev/null", p]
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += ["--size", str(limits_tmpfs_mb * 2**20), "--tmpfs", "/tmp"]
+        argv += ["--bind", str(workdir), WORK, "--ro-bind", str(ctl_dir), CTL]
+        argv += ["--remount-ro", "/", "--chdir", WORK]
+        argv += ["--info-fd", str(info_fd), "--block-fd", str(block_fd), "--seccomp", str(seccomp_fd)]
+        argv += ["--", "/bin/sh", f"{CTL}/cmd.sh"]
+        return argv
+
+    def prepare(self, network: bool = False, workdir: Path | None = None, tmpfs_mb: int = 64) -> Prepared:
+        """Start a blocked sandbox. With no `workdir`, a fresh private one is made (and removed on close)."""
+        self.require()
+        self.ensure_base()
+        run_id = new_id("sbx")
+        run_dir = self.runs_dir / run_id
+        self.make_dir(run_dir, 0o711, sandbox_owned=False)
+        ctl_dir = run_dir / "ctl"
+        self.make_dir(ctl_dir, 0o755, sandbox_owned=False)
+        if workdir is None:
+            workdir = run_dir / "work"
+            self.make_dir(workdir, 0o700)
+        block_r, block_w = os.pipe()
+        info_r, info_w = os.pipe()
+        sec_r, sec_w = os.pipe()
+        bpf = self.bpf()
+        os.write(sec_w, bpf)  # a few hundred bytes: fits the pipe buffer, never blocks
+        os.close(sec_w)
+        cg: cgroups.RunCgroup | None = None
+        try:
+            argv = self.bwrap_argv(network, tmpfs_mb, workdir, ctl_dir, block_r, sec_r, info_w)
+            env = {"PATH": SANDBOX_PATH, "HOME": WORK, "LANG": "C.UTF-8", "TMPDIR": "/tmp", "USER": "sandbox"}
+            kwargs: dict[str, object] = {}
+            if self.is_root:
+                # Start bwrap itself unprivileged: it then builds its user namespace as that uid, so
+                # nothing in the sandbox maps to root on the host.
+                kwargs = {"user": self.config.uid, "group": self.config.gid, "extra_groups": []}
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd="/",
+                pass_fds=(block_r, sec_r, info_w),
+                start_new_session=True,
+                **kwargs,  # type: ignore[arg-type]
+            )
+        except OSError as exc:
+            for fd in (block_r, block_w, info_r, info_w, sec_r):
+                os.close(fd)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise SandboxError(f"could not start bubblewrap: {exc}", fix="run `argosy sandbox doctor`") from exc
+        os.close(block_r)
+        os.close(info_w)
+        os.close(sec_r)
+        try:
+            child = self._read_child_pid(info_r, proc)
+            if self.cgroups.version != "none":
+                cg = cgroups.RunCgroup(self.cgroups, run_id)
+                cg.create(Limits(10_000, 256, 1, 1, 64, 64))
+                # Both bwrap processes are blocked; whatever they start from now on inherits the group.
+                cg.attach(proc.pid)
+                cg.attach(child)
+        except BaseException:
+            os.close(info_r)
+            Prepared(self, run_dir, ctl_dir, workdir, proc, 0, block_w, cg, network).close()
+            raise
+        os.close(info_r)
+        return Prepared(self, run_dir, ctl_dir, workdir, proc, child, block_w, cg, network)
+
+    def _read_child_pid(self, info_r: int, proc: subprocess.Popen[bytes]) -> int:
+        data = b""
+        deadline = time.monotonic() + 10
+        sel = selectors.DefaultSelector()
+        sel.register(info_r, selectors.EVENT_READ)
+        try:
+            while b"}" not in data:
+                if time.monotonic() > deadline:
+                    raise SandboxError("bubblewrap did not start within 10 s", fix="run `argosy sandbox doctor`")
+                if not sel.select(0.5):
+                    continue
+                chunk = os.read(info_r, 4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            sel.close()
+        try:
+            return int(json.loads(data)["child-pid"])
+        except (ValueError, KeyError) as exc:
+            proc.wait(5)
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise SandboxError(
+                f"bubblewrap failed to build the sandbox: {err.strip() or 'no message'}",
+                fix="run `argosy sandbox doctor`; user namespaces must be enabled (sysctl user.max_user_namespaces > 0)",
+            ) from exc
+
+    def apply_limits(self, prepared: Prepared, limits: Limits) -> None:
+        """Set the run's cgroup limits (the pool made the group with placeholder figures)."""
+        if prepared.cgroup is not None:
+            prepared.cgroup.set_limits(limits)
+
+    def ulimits(self, prepared: Prepared, limits: Limits) -> list[str]:
+        """rlimits, set by the sandbox's shell on itself just before it execs the code.
+
+        Why in the shell and not with prlimit(2) from the agent: lowering one's own limits needs no
+        privilege, while prlimit on another uid's process needs CAP_SYS_RESOURCE, which an agent in
+        a container often lacks; and a pre-warmed sandbox learns its limits only at start.
+        `ulimit` without -S/-H sets both soft and hard, so the code cannot raise them again.
+        """
+        cg = prepared.cgroup
+        cpu_s = math.ceil(limits.timeout_ms / 1000 * max(1.0, limits.cpu_count)) + 1
+        cmds = [
+            "ulimit -c 0",
+            "ulimit -n 1024",
+            # A backstop if the agent's own deadline is ever missed: the kernel stops a CPU spinner.
+            f"ulimit -t {cpu_s}",
+            f"ulimit -f {limits.file_size_mb * 2048}",  # 512-byte blocks
+        ]
+        if cg is None or not cg.limits_memory:
+            # The floor without a memory cgroup: address space, with room for runtimes that reserve
+            # far more than they touch (V8, the JVM, Go). Weaker: per process, not per sandbox.
+            cmds.append(f"ulimit -v {(limits.memory_mb + limits.address_space_extra_mb) * 1024}")
+        if cg is None or not cg.limits_pids:
+            # Counted per uid in the sandbox's own user namespace, so runs do not share the count.
+            cmds.append(f"ulimit -u {limits.pids + 2}")
+        return cmds
+
+    def run_argv(
+        self,
+        argv: list[str],
+        limits: Limits,
+        network: bool = False,
+        env: dict[str, str] | None = None,
+        stdin: bytes | None = None,
+        workdir: Path | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> ProcessResult:
+        """Cold path: prepare, write `files`, start."""
+        prepared = self.prepare(network=network, workdir=workdir, tmpfs_mb=limits.tmpfs_mb)
+        try:
+            for name, data in (files or {}).items():
+                write_inside(prepared.workdir, name, data, self._owner() if self.is_root else None)
+        except BaseException:
+            prepared.close()
+            raise
+        return prepared.start(argv, limits, env=env, stdin=stdin)
+
+
+def _open_dir_nofollow(root: Path, parts: list[str], create: bool, owner: tuple[int, int] | None) -> int:
+    """An fd for root/parts..., refusing symlinks at every step (the sandbox writes this tree)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in parts:
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    if owner:
+                        os.chown(part, *owner, dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_inside(root: Path, rel: str, data: bytes, owner: tuple[int, int] | None) -> None:
+    """Write root/rel without following any symlink the sandbox may have planted."""
+    from argosy.sandbox.models import check_relative_path
+
+    parts = check_relative_path(rel).split("/")
+    try:
+        dfd = _open_dir_nofollow(root, parts[:-1], create=True, owner=owner)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+                if st.st_mode & 0o170000 != 0o100000:
+                    os.unlink(parts[-1], dir_fd=dfd)  # a symlink or fifo where a file goes: replace it
+            fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if owner:
+                    os.fchown(fd, *owner)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dfd)
+    except (OSError, IsADirectoryError) as exc:
+        raise SandboxError(f"cannot write '{rel}' into the sandbox: {exc.strerror or exc}", fix="use a plain relative file path") from exc
+
+
+def read_inside(root: Path, rel: str, max_bytes: int) -> bytes:
+    """Read root/rel: regular files only, no symlinks anywhere on the path, at most `max_bytes`."""
+    from argosy.sandbox.models import check_relative_path
+
+    parts = check_relative_path(rel).split("/")
+    try:
+        dfd = _open_dir_nofollow(root, parts[:-1], create=False, owner=None)
+    except OSError as exc:
+        raise SandboxError(f"no file '{rel}' in the sandbox ({exc.strerror})", fix="list files with `argosy sandbox exec ID -- ls -la`") from exc
+    try:
+        # O_NONBLOCK: a FIFO planted by the code must not hang the agent.
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+    except OSError as exc:
+        raise SandboxError(f"cannot read '{rel}' from the sandbox: {exc.strerror}", fix="only regular files can be downloaded") from exc
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o170000 != 0o100000:
+            raise SandboxError(f"'{rel}' is not a regular file", fix="only regular files can be downloaded")
+        if st.st_size > max_bytes:
+            raise SandboxError(f"'{rel}' is {st.st_size} bytes, above the {max_bytes}-byte download cap", fix="compress or split it first")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -49,6 +49,7 @@ class BootstrapSpec:
     pip_index_url: str | None = None
     gpu_count: int = 0  # GPUs the machine must show in nvidia-smi before the agent starts
     python: str = "python3"
+    install_nvidia_driver: bool = False  # for images without a driver (Linode's Ubuntu)
     labels: tuple[tuple[str, str], ...] = ()
 
     def pip(self) -> str:
@@ -116,9 +117,20 @@ def _setup_body(spec: BootstrapSpec) -> list[str]:
         f"exec >>{LOG_PATH} 2>&1",
         'echo "argosy setup: start $(date -u +%FT%TZ)"',
     ]
+    if spec.gpu_count > 0 and spec.install_nvidia_driver:
+        lines += [
+            "# This image has no NVIDIA driver: install Ubuntu's recommended one and load it without a reboot.",
+            "if ! command -v nvidia-smi >/dev/null 2>&1; then",
+            "  export DEBIAN_FRONTEND=noninteractive",
+            "  apt-get update -q",
+            "  apt-get install -y -q ubuntu-drivers-common",
+            "  ubuntu-drivers install",
+            "  modprobe nvidia",
+            "fi",
+        ]
     if spec.gpu_count > 0:
         lines += [
-            "# The image must ship the NVIDIA driver; without it the engine would fall back to CPU silently.",
+            "# The driver must work before the agent starts, or the engine would fall back to CPU silently.",
             "if ! command -v nvidia-smi >/dev/null 2>&1; then",
             '  echo "argosy setup: nvidia-smi not found: the image has no NVIDIA driver" >&2',
             "  exit 1",

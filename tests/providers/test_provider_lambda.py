@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SSH_KEY, TOKEN, make_request
-from fakehttp import FakeApi, ListOf, Reply, Shape
 
 from argosy.catalog.types import Offering
 from argosy.core.errors import CapacityError, ProviderAuthError, QuotaError, RateLimitError
 from argosy.providers.base import MANAGED_LABEL, Instances, Offerings, Preflight
 from argosy.providers.common import key_fingerprint
 from argosy.providers.lambda_cloud import LambdaProvider
+
+from .fakehttp import FakeApi, ListOf, Reply, Shape
+from .vmhelpers import SSH_KEY, TOKEN, make_request
 
 KEY = "secret_lambda_key_abc"
 LAUNCH = Shape(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 
 import pytest
-from conftest import TOKEN, make_request
-from fakehttp import FakeApi, ListOf, Reply, Shape
 
 from argosy.catalog.types import Offering
 from argosy.core.errors import CapacityError, ProviderAuthError, QuotaError
 from argosy.providers.base import MANAGED_LABEL
 from argosy.providers.runpod import RunPodProvider
+
+from .fakehttp import FakeApi, ListOf, Reply, Shape
+from .vmhelpers import TOKEN, make_request
 
 KEY = "rp_secret_key_123"
 POD_INPUT = Shape(

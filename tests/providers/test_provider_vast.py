@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TOKEN, make_request
-from fakehttp import FakeApi, Reply, Shape
 
 from argosy.catalog.types import Offering
 from argosy.core.errors import ArgosyError, CapacityError, ProviderAuthError, QuotaError
 from argosy.providers.vast import VastProvider
+
+from .fakehttp import FakeApi, Reply, Shape
+from .vmhelpers import TOKEN, make_request
 
 KEY = "vast_secret_456"
 CREATE = Shape(

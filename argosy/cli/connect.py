@@ -14,9 +14,9 @@ from rich.console import Console
 from argosy.client import ArgosyClient
 from argosy.core import proc
 from argosy.core.config import Settings, ensure_home, load_settings
+from argosy.core.credentials import read_credentials
 from argosy.core.errors import ArgosyError, ServerUnreachableError
 from argosy.core.host import port_in_use
-from argosy.server.auth import read_credentials
 
 
 @dataclass
@@ -76,7 +76,7 @@ def start_local(
 
 def connect(console: Console | None = None, autostart: bool = True) -> ArgosyClient:
     """A client for the configured server, starting the embedded one if none is configured or running."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     settings = load_settings()
     creds = read_credentials(settings.credentials_path)
     if settings.server.url:

@@ -35,7 +35,7 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         build_app()(standalone_mode=False)
     except ArgosyError as exc:

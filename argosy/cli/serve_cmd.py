@@ -15,7 +15,7 @@ from argosy.cli.output import OUTPUT_OPTION, ago, check_format, emit_json, money
 from argosy.client import ArgosyClient
 from argosy.core.errors import ArgosyError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 # After this many failed replicas in one wait, `deploy` stops waiting and shows why.
 FAILURES_BEFORE_GIVING_UP = 2

@@ -11,7 +11,7 @@ from argosy.core import proc
 from argosy.core.config import load_settings
 from argosy.core.errors import ArgosyError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

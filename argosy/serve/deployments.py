@@ -213,6 +213,7 @@ def describe(s: Session, dep: Deployment) -> dict[str, Any]:
         if dep.router_port and dep.state == "active"
         else None,
         "offering": dep.spec.get("offering"),
+        "router": {"pid": dep.router_pid, "port": dep.router_port},
         "created_at": dep.created_at,
         "cost": totals(s, dep.id),
         "replicas": [

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from fastapi import Request
 
+from argosy.core.credentials import read_credentials, write_credentials
 from argosy.core.errors import AuthError
 from argosy.store.db import Store
 from argosy.store.keys import create_key, verify_key
 from argosy.store.models import ApiKey
-
-
-def write_credentials(path: Path, server_url: str, api_key: str) -> None:
-    """Write the CLI's credentials with mode 0600 from the first byte (no window where others can read)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"server_url": server_url, "api_key": api_key}, f)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
-
-
-def read_credentials(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def ensure_admin_key(store: Store, credentials: Path, server_url: str, now: float) -> None:

@@ -19,7 +19,7 @@ PROVIDERS = Registry(
         "lambda": Entry("argosy.providers.lambda_cloud:LambdaProvider", summary="Lambda Cloud GPU VMs"),
         "runpod": Entry("argosy.providers.runpod:RunPodProvider", summary="RunPod GPU pods, spot too"),
         "vast": Entry("argosy.providers.vast:VastProvider", summary="Vast.ai marketplace, on-demand and bid"),
-        "linode": Entry("argosy.providers.linode:LinodeProvider", extra="linode", summary="Linode GPU instances"),
+        "linode": Entry("argosy.providers.linode:LinodeProvider", extra="linode", summary="Linode GPUs"),
     },
 )
 

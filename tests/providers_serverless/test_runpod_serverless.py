@@ -185,4 +185,4 @@ def test_offerings_are_labelled_list_prices(runpod):
     p, _, _ = runpod
     offs = p.offerings()
     assert all(o.kind == "serverless" and o.source.startswith("published list price") for o in offs)
-    assert {o.gpu for o in offs} >= {"L4", "A100-80GB", "H100-80GB"}
+    assert {o.gpu for o in offs} >= {"L4", "A100-80GB", "H100-SXM"}

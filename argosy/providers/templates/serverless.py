@@ -95,10 +95,18 @@ def prices(provider: str) -> list[ServerlessPrice]:
     ]
 
 
+def canonical_gpu(name: str) -> str:
+    """The catalog's canonical name for `name` ('H100' -> 'H100-SXM'), or `name` if the catalog has none."""
+    from argosy.catalog.gpus import load_gpus
+
+    return load_gpus().find(name) or name
+
+
 def price_for(provider: str, gpu: str) -> ServerlessPrice:
     table = prices(provider)
+    wanted = {gpu, canonical_gpu(gpu)}
     for p in table:
-        if gpu in (p.gpu, p.provider_gpu):
+        if wanted & {p.gpu, p.provider_gpu}:
             return p
     names = [p.gpu for p in table]
     near = did_you_mean(gpu, names)

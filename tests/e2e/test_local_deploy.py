@@ -1,0 +1,107 @@
+"""End to end on this machine: deploy the tiny model locally, stream through the router, survive an
+engine crash, destroy, and leave no process or port behind (checked by PID)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from argosy.core import proc
+from argosy.core.host import free_port, port_in_use
+from tests.e2e.helpers import cli_json, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+
+
+@pytest.fixture
+def env(home: Path) -> Iterator[dict[str, str]]:
+    e = {"ARGOSY_SERVER_PORT": str(free_port())}
+    yield e
+    run_cli("destroy", "--all", env=e, timeout=120)
+    run_cli("server", "stop", env=e, timeout=60)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny-llama"
+    res = run_cli("model", "make-tiny", str(path), timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (path / "config.json").exists()
+    return path
+
+
+def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_deploy_stream_crash_replace_destroy(env: dict[str, str], tiny: Path, home: Path) -> None:
+    # The first deploy may build llama-server (cached across runs): hence the long timeout.
+    res = run_cli("deploy", str(tiny), "--name", "tiny", env=env, timeout=2000)
+    assert res.returncode == 0, res.stderr
+    dep = cli_json("status", "tiny", env=env)
+    assert dep["ready_replicas"] == 1 and dep["endpoint"]
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=dep["endpoint"], api_key="unused")
+    stream = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=16, stream=True
+    )
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 2  # really streamed, chunk by chunk
+
+    first = dep["replicas"][0]
+    engine_pid = first["workload"]["pid"]
+    agent_pid = proc.read_pidfile(home / "run" / "agent-local.pid")
+    router_pid = dep["router"]["pid"]
+    assert proc.alive(engine_pid) and proc.alive(agent_pid) and proc.alive(router_pid)
+    seen_pids = {engine_pid, agent_pid, router_pid}
+    ports = {dep["router"]["port"], first["workload"]["port"]}
+
+    os.kill(engine_pid, signal.SIGKILL)
+
+    def replaced():  # type: ignore[no-untyped-def]
+        d = cli_json("status", "tiny", env=env)
+        states = {r["id"]: r for r in d["replicas"]}
+        if states[first["id"]]["state"] == "failed" and d["ready_replicas"] == 1:
+            return d
+        return None
+
+    after = _wait(replaced, 120, "the crashed replica to be marked failed and replaced")
+    failed = next(r for r in after["replicas"] if r["id"] == first["id"])
+    assert "exited" in failed["reason"] and "signal 9" in failed["reason"]
+    new = next(r for r in after["replicas"] if r["state"] == "ready")
+    seen_pids.add(new["workload"]["pid"])
+    ports.add(new["workload"]["port"])
+    # The same endpoint keeps answering: the router was given the new replica.
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "again"}], max_tokens=8
+    )
+    assert reply.choices[0].message.content is not None
+
+    events = cli_json("status", "tiny", env=env)["events"]
+    assert any(e["to"] == "failed" for e in events) and any(
+        e["reason"] == "replacing a failed replica" for e in events
+    )
+
+    res = run_cli("destroy", "tiny", env=env, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert cli_json("list", env=env) == []
+    _wait(lambda: not any(proc.alive(p) for p in seen_pids), 30, "every process to exit")
+    assert not any(port_in_use("127.0.0.1", p) for p in ports)
+
+    cost = cli_json("cost", env=env)
+    assert (
+        cost["deployments"][0]["seconds"] > 0
+    )  # replica time was recorded (at the local price, $0 by default)

@@ -1,9 +1,283 @@
-"""Commands for this area are added by `register`."""
+"""`argosy run` and `argosy sandbox create|exec|cp|rm|ls|doctor|build-image`.
+
+With a server configured (ARGOSY_SERVER_URL / server.url) or a local one running, commands go
+through its API; otherwise they run sandboxes on this machine directly (sessions are kept on disk
+under the sandbox base dir, so `create` / `exec` / `rm` work across invocations either way).
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from argosy.cli.output import check_format, emit_json, table
+from argosy.core.errors import ArgosyError
+from argosy.sandbox.models import ExecRequest, ExecResult, SessionCreate, SessionExec
+
+console = Console(stderr=True, soft_wrap=True)
+
+# File extension -> language name, for `argosy run FILE` without -l.
+_EXTENSIONS = {
+    ".py": "python", ".js": "node", ".mjs": "node", ".sh": "bash", ".rb": "ruby", ".go": "go",
+    ".rs": "rust", ".c": "c", ".cpp": "cpp", ".cc": "cpp", ".cxx": "cpp", ".java": "java",
+}  # fmt: skip
+
+
+def _runner(local: bool):  # type: ignore[no-untyped-def]
+    """The API when a server is configured or running; this machine otherwise (or with --local)."""
+    if not local:
+        from argosy.cli.connect import connect, healthy, running_local
+        from argosy.core.config import load_settings
+
+        settings = load_settings()
+        running = running_local(settings)
+        if settings.server.url or (running is not None and healthy(running.url)):
+            from argosy.sandbox.remote import RemoteRunner
+
+            return RemoteRunner(connect(console, autostart=False))
+    from argosy.sandbox.service import LocalRunner
+
+    return LocalRunner()
+
+
+def _exit_code(res: ExecResult) -> int:
+    """What `argosy run` exits with: the program's code, 128+signal when killed (as a shell does)."""
+    if res.exit_code is not None:
+        return res.exit_code
+    return 128 + (res.signal or 9)
+
+
+def _print_result(res: ExecResult, fmt: str) -> None:
+    if fmt == "json":
+        emit_json(res.model_dump())
+        return
+    sys.stdout.write(res.stdout)
+    sys.stdout.flush()
+    sys.stderr.write(res.stderr)
+    notes = {
+        "timed_out": "killed: time limit reached",
+        "oom_killed": "killed: memory limit reached",
+        "output_limit": "killed: output above the cap (truncated)",
+        "compile_error": "compile error",
+    }
+    if res.status in notes:
+        console.print(f"[bold red]{notes[res.status]}[/] ({res.language}, run {res.run_id})", highlight=False)
+    elif res.truncated:
+        console.print("[yellow]output truncated at the cap[/]")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to `app` (none yet)."""
+    @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+    def run(
+        ctx: typer.Context,
+        file: Path | None = typer.Argument(None, help="Source file to run (or - for standard input)."),
+        code: str | None = typer.Option(None, "-c", "--code", help="Code to run instead of a file."),
+        language: str | None = typer.Option(
+            None, "-l", "--language", help="python, node, bash, ruby, go, rust, c, cpp, java."
+        ),
+        timeout: float | None = typer.Option(None, "--timeout", help="Seconds before the run is killed."),
+        memory: int | None = typer.Option(None, "--memory", help="Memory limit in MB."),
+        cpus: float | None = typer.Option(None, "--cpus", help="CPU cores (fractions allowed)."),
+        network: bool = typer.Option(False, "--network", help="Allow network access (off by default)."),
+        stdin_file: Path | None = typer.Option(
+            None, "--stdin", help="File to feed to the program's standard input."
+        ),
+        max_output: int | None = typer.Option(
+            None, "--max-output", help="Bytes of stdout+stderr kept before the run is stopped."
+        ),
+        local: bool = typer.Option(
+            False, "--local", help="Run on this machine even when a server is configured."
+        ),
+        output: str = typer.Option(
+            "text", "--output", "-o", help="text or json (the API's execute response)."
+        ),
+    ) -> None:
+        """Run code in a sandbox: `argosy run hello.py`, `argosy run -l ruby -c 'puts 1'`. Extra args go to the program."""
+        check_format(output, ("text", "json"))
+        if (file is None) == (code is None):
+            raise ArgosyError(
+                "give a FILE or -c CODE (one of them)",
+                fix="argosy run script.py   or   argosy run -c 'print(1)'",
+            )
+        if file is not None:
+            if str(file) == "-":
+                code = sys.stdin.read()
+            else:
+                try:
+                    code = file.read_text()
+                except OSError as exc:
+                    raise ArgosyError(f"cannot read {file}: {exc.strerror}", fix="check the path") from exc
+                language = language or _EXTENSIONS.get(file.suffix.lower())
+                if language is None:
+                    raise ArgosyError(f"cannot tell the language of {file.name}", fix="pass -l LANGUAGE")
+        req = ExecRequest(
+            code=code,
+            language=language or "python",
+            args=list(ctx.args),
+            stdin=stdin_file.read_text() if stdin_file else None,
+            timeout_ms=int(timeout * 1000) if timeout else None,
+            memory_mb=memory,
+            cpu_count=cpus,
+            network=network,
+            max_output_bytes=max_output,
+        )
+        res = _runner(local).execute(req)
+        _print_result(res, output)
+        # sys.exit, not typer.Exit: the app runs with standalone_mode=False, which drops Exit codes.
+        sys.exit(_exit_code(res))
+
+    sandbox = typer.Typer(
+        help="Sandbox sessions (state kept between execs) and node checks.", no_args_is_help=True
+    )
+    app.add_typer(sandbox, name="sandbox")
+
+    @sandbox.command("create")
+    def create(
+        ttl: float = typer.Option(600, "--ttl", help="Seconds until the session is removed."),
+        network: bool = typer.Option(False, "--network", help="Allow network access in this session."),
+        memory: int | None = typer.Option(None, "--memory", help="Memory limit in MB for each exec."),
+        local: bool = typer.Option(
+            False, "--local", help="On this machine even when a server is configured."
+        ),
+        output: str = typer.Option("text", "--output", "-o", help="text or json."),
+    ) -> None:
+        """Create a session; prints its id."""
+        info = _runner(local).create_session(SessionCreate(ttl_s=ttl, network=network, memory_mb=memory))
+        if output == "json":
+            emit_json(info.model_dump())
+        else:
+            typer.echo(info.id)
+
+    @sandbox.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def exec_(
+        ctx: typer.Context,
+        session_id: str = typer.Argument(..., help="Session id (from `argosy sandbox create`)."),
+        code: str | None = typer.Option(None, "-c", "--code", help="Code to run in --language."),
+        language: str = typer.Option("python", "-l", "--language"),
+        timeout: float | None = typer.Option(None, "--timeout", help="Seconds."),
+        local: bool = typer.Option(False, "--local"),
+        output: str = typer.Option("text", "--output", "-o", help="text or json."),
+    ) -> None:
+        """Run code (-c) or a command (after --) in a session's work dir: `argosy sandbox exec ID -- ls -la`."""
+        check_format(output, ("text", "json"))
+        command = list(ctx.args) or None
+        if (code is None) == (command is None):
+            raise ArgosyError(
+                "give -c CODE or a command after --", fix="argosy sandbox exec ID -- python3 main.py"
+            )
+        req = SessionExec(
+            code=code, language=language, command=command, timeout_ms=int(timeout * 1000) if timeout else None
+        )
+        res = _runner(local).exec_session(session_id, req)
+        _print_result(res, output)
+        # sys.exit, not typer.Exit: the app runs with standalone_mode=False, which drops Exit codes.
+        sys.exit(_exit_code(res))
+
+    @sandbox.command("cp")
+    def cp(
+        src: str = typer.Argument(..., help="LOCAL_PATH or SESSION:PATH"),
+        dst: str = typer.Argument(..., help="SESSION:PATH or LOCAL_PATH"),
+        local: bool = typer.Option(False, "--local"),
+    ) -> None:
+        """Copy a file into (`cp data.csv sbs_x:data.csv`) or out of (`cp sbs_x:out.txt .`) a session."""
+        runner = _runner(local)
+        if src.startswith("sbs_") and ":" in src:
+            sid, _, path = src.partition(":")
+            data = runner.get_file(sid, path)
+            target = Path(dst)
+            if target.is_dir():
+                target = target / Path(path).name
+            target.write_bytes(data)
+            console.print(f"{len(data)} bytes -> {target}")
+        elif dst.startswith("sbs_") and ":" in dst:
+            sid, _, path = dst.partition(":")
+            source = Path(src)
+            try:
+                data = source.read_bytes()
+            except OSError as exc:
+                raise ArgosyError(f"cannot read {source}: {exc.strerror}", fix="check the path") from exc
+            runner.put_file(sid, path or source.name, data)
+            console.print(f"{len(data)} bytes -> {sid}:{path or source.name}")
+        else:
+            raise ArgosyError(
+                "one side of `cp` must be SESSION:PATH", fix="argosy sandbox cp notes.txt sbs_...:notes.txt"
+            )
+
+    @sandbox.command("rm")
+    def rm(
+        session_ids: list[str] = typer.Argument(...), local: bool = typer.Option(False, "--local")
+    ) -> None:
+        """Remove sessions and their files."""
+        runner = _runner(local)
+        for sid in session_ids:
+            runner.delete_session(sid)
+            typer.echo(f"removed {sid}")
+
+    @sandbox.command("ls")
+    def ls(
+        local: bool = typer.Option(False, "--local"), output: str = typer.Option("table", "--output", "-o")
+    ) -> None:
+        """List sessions."""
+        check_format(output)
+        import time
+
+        infos = _runner(local).list_sessions()
+        if output == "json":
+            emit_json([i.model_dump() for i in infos])
+            return
+        now = time.time()
+        rows = [[i.id, f"{max(0, i.expires_at - now):.0f}s", i.network, i.files, i.bytes] for i in infos]
+        table(None, ["id", "expires in", "network", "files", "bytes"], rows)
+
+    @sandbox.command("doctor")
+    def doctor(
+        local: bool = typer.Option(
+            True, "--local/--server", help="Check this machine (default) or the server's."
+        ),
+        output: str = typer.Option("table", "--output", "-o"),
+    ) -> None:
+        """Which isolation backends and languages work on this node, and why not."""
+        check_format(output)
+        if local:
+            from argosy.sandbox.config import SandboxConfig
+            from argosy.sandbox.service import doctor as run_doctor
+
+            report = run_doctor(SandboxConfig.from_env())
+        else:
+            report = _runner(False).doctor()
+        if output == "json":
+            emit_json(report)
+            return
+        for name, b in report["backends"].items():
+            mark = "[green]available[/]" if b["available"] else f"[red]unavailable[/]: {b['reason']}"
+            Console().print(
+                f"[bold]backend {name}[/]{' (default)' if name == report['default_backend'] else ''}: {mark}",
+                highlight=False,
+            )
+            for c in b["checks"]:
+                Console().print(
+                    f"  {'ok ' if c['ok'] else 'NO '} {c['name']}: {c['detail']}", highlight=False
+                )
+        rows = [
+            [
+                n,
+                "yes" if x["available"] else "no",
+                x.get("version") or x.get("error") or "not installed",
+                x["path"] or "-",
+            ]
+            for n, x in report["languages"].items()
+        ]
+        table("languages", ["language", "ok", "version", "toolchain"], rows)
+
+    @sandbox.command("build-image")
+    def build_image() -> None:
+        """Build the microVM root filesystem (for the `microvm` backend)."""
+        from argosy.sandbox.microvm import NOT_BUILT
+
+        raise ArgosyError(
+            f"cannot build a microVM image: {NOT_BUILT}",
+            fix="use the default namespaces backend; `argosy sandbox doctor` shows what this node supports",
+        )

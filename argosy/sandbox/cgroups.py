@@ -50,8 +50,12 @@ def detect(root: Path = ROOT) -> CgroupSupport:
         if writable:
             names = tuple(writable)
             return CgroupSupport("v1", names, f"cgroup v1 controllers {', '.join(names)}", v1_paths=writable)
-        return CgroupSupport("none", (), "cgroup v1 is mounted but not writable by this user (run the agent as root)")
-    return CgroupSupport("none", (), "no cgroup v2 controllers enabled and no cgroup v1 memory/pids/cpu mounted")
+        return CgroupSupport(
+            "none", (), "cgroup v1 is mounted but not writable by this user (run the agent as root)"
+        )
+    return CgroupSupport(
+        "none", (), "no cgroup v2 controllers enabled and no cgroup v1 memory/pids/cpu mounted"
+    )
 
 
 class RunCgroup:
@@ -74,7 +78,9 @@ class RunCgroup:
             # Child groups only get controllers their parent delegates.
             for p in (self.support.v2_root, parent):
                 with contextlib.suppress(OSError):
-                    (p / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in self.support.controllers))
+                    (p / "cgroup.subtree_control").write_text(
+                        " ".join(f"+{c}" for c in self.support.controllers)
+                    )
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         self.set_limits(limits)

@@ -59,7 +59,9 @@ class SandboxConfig(BaseModel):
         if env.get("ARGOSY_SANDBOX_POOL"):
             # "python=2,node=1"
             try:
-                data["pool"] = {k: int(v) for k, v in (p.split("=") for p in env["ARGOSY_SANDBOX_POOL"].split(","))}
+                data["pool"] = {
+                    k: int(v) for k, v in (p.split("=") for p in env["ARGOSY_SANDBOX_POOL"].split(","))
+                }
             except ValueError as exc:
                 raise ConfigError(
                     f"ARGOSY_SANDBOX_POOL='{env['ARGOSY_SANDBOX_POOL']}' is not LANG=N[,LANG=N]",
@@ -69,4 +71,6 @@ class SandboxConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(f"invalid sandbox configuration: {exc}", fix="check the ARGOSY_SANDBOX_* variables") from exc
+            raise ConfigError(
+                f"invalid sandbox configuration: {exc}", fix="check the ARGOSY_SANDBOX_* variables"
+            ) from exc

@@ -100,7 +100,9 @@ class Language:
                     env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"},
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
-                raise SandboxError(f"could not ask {self.name} for its version: {exc}", fix="run `argosy sandbox doctor`") from exc
+                raise SandboxError(
+                    f"could not ask {self.name} for its version: {exc}", fix="run `argosy sandbox doctor`"
+                ) from exc
             # `java -version` answers on stderr.
             text = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
             self._version = text[0].strip() if text else "unknown"
@@ -123,7 +125,9 @@ class LanguageTable:
     def __init__(self, spec: TableSpec) -> None:
         self.spec = spec
         self.languages = {name: Language(name, lang) for name, lang in spec.languages.items()}
-        self._aliases = {alias: name for name, lang in spec.languages.items() for alias in [name, *lang.aliases]}
+        self._aliases = {
+            alias: name for name, lang in spec.languages.items() for alias in [name, *lang.aliases]
+        }
 
     @classmethod
     def load(cls, text: str | None = None, source: str = "argosy/sandbox/languages.yaml") -> LanguageTable:

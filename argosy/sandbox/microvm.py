@@ -33,7 +33,11 @@ class MicroVMBackend:
         image = self.config.base_dir / "images" / "microvm"
         return [
             Check("runner", False, NOT_BUILT),
-            Check("/dev/kvm", kvm.exists() and os.access(kvm, os.R_OK | os.W_OK), "present" if kvm.exists() else "absent"),
+            Check(
+                "/dev/kvm",
+                kvm.exists() and os.access(kvm, os.R_OK | os.W_OK),
+                "present" if kvm.exists() else "absent",
+            ),
             Check("firecracker", firecracker is not None, firecracker or "not installed"),
             Check("qemu", qemu is not None, qemu or "not installed (apt-get install qemu-system-x86)"),
             Check("image", image.exists(), str(image) if image.exists() else "not built"),

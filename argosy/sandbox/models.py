@@ -22,9 +22,13 @@ def check_relative_path(path: str) -> str:
 
 class ExecRequest(_Strict):
     code: str | None = None
-    files: dict[str, str] | None = Field(None, description="path -> text; the language's source file is the entry point")
+    files: dict[str, str] | None = Field(
+        None, description="path -> text; the language's source file is the entry point"
+    )
     language: str = "python"
-    version: str | None = Field(None, description="Refused unless it matches the installed toolchain's version")
+    version: str | None = Field(
+        None, description="Refused unless it matches the installed toolchain's version"
+    )
     stdin: str | None = None
     args: list[str] = []
     timeout_ms: int | None = Field(None, gt=0)

@@ -93,7 +93,9 @@ class Prepared:
     ) -> ProcessResult:
         """Run `argv` in /work under `limits`; returns when it exits, is killed, or floods its output."""
         if self.closed or not self.alive():
-            raise SandboxError("this sandbox is no longer usable", fix="retry; a fresh sandbox will be started")
+            raise SandboxError(
+                "this sandbox is no longer usable", fix="retry; a fresh sandbox will be started"
+            )
         try:
             self._write_command(argv, env or {}, stdin, self.backend.ulimits(self, limits))
             self.backend.apply_limits(self, limits)
@@ -101,7 +103,9 @@ class Prepared:
         finally:
             self.close()
 
-    def _write_command(self, argv: list[str], env: dict[str, str], stdin: bytes | None, ulimits: list[str]) -> None:
+    def _write_command(
+        self, argv: list[str], env: dict[str, str], stdin: bytes | None, ulimits: list[str]
+    ) -> None:
         lines = ["set -e", *ulimits]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
         stdin_path = f"{CTL}/stdin" if stdin is not None else "/dev/null"
@@ -228,10 +232,18 @@ class NamespacesBackend:
 
     def checks(self) -> list[Check]:
         out = [Check("linux", os.uname().sysname == "Linux", os.uname().sysname)]
-        out.append(Check("bwrap", self.bwrap is not None, self.bwrap or "not found (apt-get install bubblewrap)"))
+        out.append(
+            Check("bwrap", self.bwrap is not None, self.bwrap or "not found (apt-get install bubblewrap)")
+        )
         ok, why = seccomp.available()
         out.append(Check("seccomp", ok, why))
-        out.append(Check("cgroups", self.cgroups.version != "none", self.cgroups.reason + ("" if self.cgroups.version != "none" else "; rlimits only")))
+        out.append(
+            Check(
+                "cgroups",
+                self.cgroups.version != "none",
+                self.cgroups.reason + ("" if self.cgroups.version != "none" else "; rlimits only"),
+            )
+        )
         out.append(
             Check(
                 "host uid",
@@ -244,7 +256,13 @@ class NamespacesBackend:
         if self.bwrap:
             try:
                 res = self.run_argv(["true"], Limits(5000, 64, 1, 1024, 16, 1))
-                out.append(Check("smoke", res.exit_code == 0, f"`true` in a sandbox exited {res.exit_code}: {res.stderr[-300:].decode(errors='replace')}"))
+                out.append(
+                    Check(
+                        "smoke",
+                        res.exit_code == 0,
+                        f"`true` in a sandbox exited {res.exit_code}: {res.stderr[-300:].decode(errors='replace')}",
+                    )
+                )
             except Exception as exc:  # doctor reports every failure instead of dying on the first
                 out.append(Check("smoke", False, str(exc)))
         return out
@@ -268,7 +286,9 @@ class NamespacesBackend:
         if self._bpf is None:
             ok, why = seccomp.available()
             if not ok:
-                raise BackendUnavailableError(f"cannot build the seccomp filter: {why}", fix="pip install pyseccomp")
+                raise BackendUnavailableError(
+                    f"cannot build the seccomp filter: {why}", fix="pip install pyseccomp"
+                )
             self._bpf = seccomp.compile_filter()
         return self._bpf
 
@@ -287,7 +307,16 @@ class NamespacesBackend:
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o711)
 
-    def bwrap_argv(self, network: bool, limits_tmpfs_mb: int, workdir: Path, ctl_dir: Path, block_fd: int, seccomp_fd: int, info_fd: int) -> list[str]:
+    def bwrap_argv(
+        self,
+        network: bool,
+        limits_tmpfs_mb: int,
+        workdir: Path,
+        ctl_dir: Path,
+        block_fd: int,
+        seccomp_fd: int,
+        info_fd: int,
+    ) -> list[str]:
         assert self.bwrap is not None
         argv = [
             self.bwrap,
@@ -361,7 +390,9 @@ class NamespacesBackend:
             for fd in (block_r, block_w, info_r, info_w, sec_r):
                 os.close(fd)
             shutil.rmtree(run_dir, ignore_errors=True)
-            raise SandboxError(f"could not start bubblewrap: {exc}", fix="run `argosy sandbox doctor`") from exc
+            raise SandboxError(
+                f"could not start bubblewrap: {exc}", fix="run `argosy sandbox doctor`"
+            ) from exc
         os.close(block_r)
         os.close(info_w)
         os.close(sec_r)
@@ -388,7 +419,9 @@ class NamespacesBackend:
         try:
             while b"}" not in data:
                 if time.monotonic() > deadline:
-                    raise SandboxError("bubblewrap did not start within 10 s", fix="run `argosy sandbox doctor`")
+                    raise SandboxError(
+                        "bubblewrap did not start within 10 s", fix="run `argosy sandbox doctor`"
+                    )
                 if not sel.select(0.5):
                     continue
                 chunk = os.read(info_r, 4096)
@@ -504,7 +537,10 @@ def write_inside(root: Path, rel: str, data: bytes, owner: tuple[int, int] | Non
         finally:
             os.close(dfd)
     except (OSError, IsADirectoryError) as exc:
-        raise SandboxError(f"cannot write '{rel}' into the sandbox: {exc.strerror or exc}", fix="use a plain relative file path") from exc
+        raise SandboxError(
+            f"cannot write '{rel}' into the sandbox: {exc.strerror or exc}",
+            fix="use a plain relative file path",
+        ) from exc
 
 
 def read_inside(root: Path, rel: str, max_bytes: int) -> bytes:
@@ -515,12 +551,18 @@ def read_inside(root: Path, rel: str, max_bytes: int) -> bytes:
     try:
         dfd = _open_dir_nofollow(root, parts[:-1], create=False, owner=None)
     except OSError as exc:
-        raise SandboxError(f"no file '{rel}' in the sandbox ({exc.strerror})", fix="list files with `argosy sandbox exec ID -- ls -la`") from exc
+        raise SandboxError(
+            f"no file '{rel}' in the sandbox ({exc.strerror})",
+            fix="list files with `argosy sandbox exec ID -- ls -la`",
+        ) from exc
     try:
         # O_NONBLOCK: a FIFO planted by the code must not hang the agent.
         fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
     except OSError as exc:
-        raise SandboxError(f"cannot read '{rel}' from the sandbox: {exc.strerror}", fix="only regular files can be downloaded") from exc
+        raise SandboxError(
+            f"cannot read '{rel}' from the sandbox: {exc.strerror}",
+            fix="only regular files can be downloaded",
+        ) from exc
     finally:
         os.close(dfd)
     try:
@@ -528,7 +570,10 @@ def read_inside(root: Path, rel: str, max_bytes: int) -> bytes:
         if st.st_mode & 0o170000 != 0o100000:
             raise SandboxError(f"'{rel}' is not a regular file", fix="only regular files can be downloaded")
         if st.st_size > max_bytes:
-            raise SandboxError(f"'{rel}' is {st.st_size} bytes, above the {max_bytes}-byte download cap", fix="compress or split it first")
+            raise SandboxError(
+                f"'{rel}' is {st.st_size} bytes, above the {max_bytes}-byte download cap",
+                fix="compress or split it first",
+            )
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)

@@ -37,7 +37,10 @@ def available() -> tuple[bool, str]:
     try:
         import pyseccomp  # noqa: F401
     except (ImportError, OSError) as exc:
-        return False, f"libseccomp binding unavailable: {exc} (pip install pyseccomp; apt install libseccomp2)"
+        return (
+            False,
+            f"libseccomp binding unavailable: {exc} (pip install pyseccomp; apt install libseccomp2)",
+        )
     return True, f"libseccomp deny list of {len(DENIED_SYSCALLS)} syscalls"
 
 

@@ -44,8 +44,12 @@ def backends() -> Registry:
         kind="isolation backend",
         entry_point_group="argosy.sandbox_backends",
         entries={
-            "namespaces": Entry("argosy.sandbox.namespaces:NamespacesBackend", summary=NamespacesBackend.summary),
-            "microvm": Entry("argosy.sandbox.microvm:MicroVMBackend", summary="one VM per run (not implemented yet)"),
+            "namespaces": Entry(
+                "argosy.sandbox.namespaces:NamespacesBackend", summary=NamespacesBackend.summary
+            ),
+            "microvm": Entry(
+                "argosy.sandbox.microvm:MicroVMBackend", summary="one VM per run (not implemented yet)"
+            ),
         },
     )
 
@@ -54,6 +58,7 @@ class SandboxRunner(Protocol):
     def execute(self, req: ExecRequest) -> ExecResult: ...
     def create_session(self, req: SessionCreate) -> SessionInfo: ...
     def exec_session(self, session_id: str, req: SessionExec) -> ExecResult: ...
+    def get_session(self, session_id: str) -> SessionInfo: ...
     def put_file(self, session_id: str, path: str, data: bytes) -> None: ...
     def get_file(self, session_id: str, path: str) -> bytes: ...
     def list_sessions(self) -> list[SessionInfo]: ...
@@ -192,19 +197,28 @@ def _decode(b: bytes) -> str:
 class LocalRunner:
     """Runs sandboxes on this machine."""
 
-    def __init__(self, config: SandboxConfig | None = None, clock: Clock | None = None, table: LanguageTable | None = None) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        clock: Clock | None = None,
+        table: LanguageTable | None = None,
+    ) -> None:
         self.config = config or SandboxConfig.from_env()
         self.clock = clock or SystemClock()
         self.table = table or LanguageTable.load()
         backend = backends().load(self.config.backend)(self.config)
         backend.require()
         self.backend: NamespacesBackend = backend
-        self.admission = Admission(self.config.max_concurrent, self.config.max_queue, self.config.queue_timeout_s)
+        self.admission = Admission(
+            self.config.max_concurrent, self.config.max_queue, self.config.queue_timeout_s
+        )
         self.sessions_dir = self.config.base_dir / "sessions"
         tmpfs_default = int(self.table.spec.defaults.tmpfs_mb or 64)
         for lang in self.config.pool:
             self.table.get(lang)  # unknown names fail here, at start-up, with a suggestion
-        self.pool = WarmPool(backend, {self.table.get(k).name: v for k, v in self.config.pool.items()}, tmpfs_default)
+        self.pool = WarmPool(
+            backend, {self.table.get(k).name: v for k, v in self.config.pool.items()}, tmpfs_default
+        )
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -252,14 +266,24 @@ class LocalRunner:
 
     def _track(self, run_id: str, prepared: Prepared, limits: Limits) -> None:
         with self._lock:
-            self._active[run_id] = _Active(prepared, self.clock.now() + limits.timeout_ms / 1000 + REAP_GRACE_S)
+            self._active[run_id] = _Active(
+                prepared, self.clock.now() + limits.timeout_ms / 1000 + REAP_GRACE_S
+            )
 
     def _untrack(self, run_id: str) -> bool:
         with self._lock:
             entry = self._active.pop(run_id, None)
         return bool(entry and entry.reaped)
 
-    def _start(self, run_id: str, prepared: Prepared, argv: list[str], limits: Limits, env: dict[str, str], stdin: bytes | None) -> ProcessResult:
+    def _start(
+        self,
+        run_id: str,
+        prepared: Prepared,
+        argv: list[str],
+        limits: Limits,
+        env: dict[str, str],
+        stdin: bytes | None,
+    ) -> ProcessResult:
         self._track(run_id, prepared, limits)
         try:
             res = prepared.start(argv, limits, env=env, stdin=stdin)
@@ -299,7 +323,9 @@ class LocalRunner:
                     write_inside(workdir, name, data, owner)
                 files = {}
                 prepared = self.backend.prepare(network=False, workdir=workdir, tmpfs_mb=climits.tmpfs_mb)
-                cres = self._start(run_id, prepared, lang.argv(lang.spec.compile, lang.spec.file), climits, env, None)
+                cres = self._start(
+                    run_id, prepared, lang.argv(lang.spec.compile, lang.spec.file), climits, env, None
+                )
                 compile_out = CompileOutput(
                     stdout=_decode(cres.stdout),
                     stderr=_decode(cres.stderr),
@@ -331,7 +357,9 @@ class LocalRunner:
                 prepared_run = self.pool.take(lang.name)
                 warm = prepared_run is not None
             if prepared_run is None:
-                prepared_run = self.backend.prepare(network=network, workdir=workdir, tmpfs_mb=limits.tmpfs_mb)
+                prepared_run = self.backend.prepare(
+                    network=network, workdir=workdir, tmpfs_mb=limits.tmpfs_mb
+                )
             try:
                 for name, data in files.items():
                     write_inside(prepared_run.workdir, name, data, owner)
@@ -361,7 +389,9 @@ class LocalRunner:
             if own_workdir is not None:
                 shutil.rmtree(own_workdir, ignore_errors=True)
 
-    def _request_limits(self, lang: Language, req: ExecRequest | SessionExec, memory_default: int | None = None) -> Limits:
+    def _request_limits(
+        self, lang: Language, req: ExecRequest | SessionExec, memory_default: int | None = None
+    ) -> Limits:
         return self.table.limits(
             lang,
             {
@@ -391,10 +421,15 @@ class LocalRunner:
 
     def _session_dir(self, session_id: str) -> Path:
         if not session_id.startswith("sbs_") or not session_id[4:].isalnum():
-            raise NotFoundError(f"no sandbox session '{session_id}'", fix="list sessions with `argosy sandbox ls`")
+            raise NotFoundError(
+                f"no sandbox session '{session_id}'", fix="list sessions with `argosy sandbox ls`"
+            )
         d = self.sessions_dir / session_id
         if not (d / "meta.json").exists():
-            raise NotFoundError(f"no sandbox session '{session_id}' (expired or removed)", fix="create one with `argosy sandbox create`")
+            raise NotFoundError(
+                f"no sandbox session '{session_id}' (expired or removed)",
+                fix="create one with `argosy sandbox create`",
+            )
         return d
 
     def _meta(self, d: Path) -> dict[str, Any]:
@@ -425,7 +460,13 @@ class LocalRunner:
         self.backend.make_dir(d, 0o711, sandbox_owned=False)
         self.backend.make_dir(d / "work", 0o700)
         now = self.clock.now()
-        meta = {"id": sid, "created_at": now, "expires_at": now + req.ttl_s, "network": req.network, "memory_mb": req.memory_mb}
+        meta = {
+            "id": sid,
+            "created_at": now,
+            "expires_at": now + req.ttl_s,
+            "network": req.network,
+            "memory_mb": req.memory_mb,
+        }
         tmp = d / "meta.json.tmp"
         tmp.write_text(json.dumps(meta))
         tmp.replace(d / "meta.json")
@@ -440,9 +481,20 @@ class LocalRunner:
         with self.admission.slot():
             run_id = new_id("run")
             if req.code is not None:
-                return self._run_language(run_id, lang, {lang.spec.file: req.code.encode()}, limits, req.args, stdin, meta["network"], d / "work")
+                return self._run_language(
+                    run_id,
+                    lang,
+                    {lang.spec.file: req.code.encode()},
+                    limits,
+                    req.args,
+                    stdin,
+                    meta["network"],
+                    d / "work",
+                )
             assert req.command
-            prepared = self.backend.prepare(network=meta["network"], workdir=d / "work", tmpfs_mb=limits.tmpfs_mb)
+            prepared = self.backend.prepare(
+                network=meta["network"], workdir=d / "work", tmpfs_mb=limits.tmpfs_mb
+            )
             res = self._start(run_id, prepared, list(req.command) + list(req.args), limits, {}, stdin)
             return ExecResult(
                 run_id=run_id,
@@ -459,6 +511,9 @@ class LocalRunner:
                 version="",
                 backend=self.backend.name,
             )
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        return self._info(self._session_dir(session_id))
 
     def put_file(self, session_id: str, path: str, data: bytes) -> None:
         d = self._session_dir(session_id)

@@ -1,0 +1,131 @@
+"""Sandbox API: one-shot execution and sessions. Thin: the work is in argosy.sandbox.service.
+
+The server includes `router` behind its auth. The runner lives on `app.state.sandbox_runner`:
+`install(app, runner)` puts one there (tests, or a runner that proxies to a sandbox agent);
+otherwise the first request makes a LocalRunner that executes on the server's own machine.
+Handlers are plain `def`s: FastAPI runs them in its thread pool, where a run blocks one thread
+while the admission queue bounds how many do.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import fastapi
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+
+from argosy.core.errors import ArgosyError
+from argosy.sandbox.errors import SandboxBusyError
+from argosy.sandbox.models import ExecRequest, ExecResult, SessionCreate, SessionExec, SessionInfo
+from argosy.sandbox.service import LocalRunner, SandboxRunner
+
+router = fastapi.APIRouter(prefix="/api/v1", tags=["sandbox"])
+
+# Guards the one-time creation of the default runner; holds no state of its own.
+_CREATE_LOCK = threading.Lock()
+T = TypeVar("T")
+
+
+def install(app: fastapi.FastAPI, runner: SandboxRunner) -> None:
+    app.state.sandbox_runner = runner
+
+
+def runner_of(request: Request) -> SandboxRunner:
+    state = request.app.state
+    existing = getattr(state, "sandbox_runner", None)
+    if existing is not None:
+        return existing  # type: ignore[no-any-return]
+    with _CREATE_LOCK:
+        existing = getattr(state, "sandbox_runner", None)
+        if existing is None:
+            clock = getattr(state, "clock", None)
+            local = LocalRunner(clock=clock)
+            local.start_background()
+            state.sandbox_runner = existing = local
+    return existing  # type: ignore[no-any-return]
+
+
+def _answer(fn: Callable[[], T]) -> T | JSONResponse:
+    """Errors as the rest of the API shapes them; 429 also says when to retry."""
+    try:
+        return fn()
+    except SandboxBusyError as exc:
+        return JSONResponse(
+            exc.to_dict(), status_code=429, headers={"Retry-After": str(max(1, round(exc.retry_after)))}
+        )
+    except ArgosyError as exc:
+        return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+
+
+@router.post("/sandbox/execute", response_model=ExecResult)
+def execute(req: ExecRequest, request: Request) -> Any:
+    """Run code once in a fresh sandbox."""
+    runner = runner_of(request)
+    return _answer(lambda: runner.execute(req))
+
+
+@router.get("/sandbox/doctor")
+def doctor(request: Request) -> Any:
+    runner = runner_of(request)
+    return _answer(runner.doctor)
+
+
+@router.post("/sandboxes", response_model=SessionInfo, status_code=201)
+def create_session(req: SessionCreate, request: Request) -> Any:
+    runner = runner_of(request)
+    return _answer(lambda: runner.create_session(req))
+
+
+@router.get("/sandboxes", response_model=list[SessionInfo])
+def list_sessions(request: Request) -> Any:
+    runner = runner_of(request)
+    return _answer(runner.list_sessions)
+
+
+@router.get("/sandboxes/{session_id}", response_model=SessionInfo)
+def get_session(session_id: str, request: Request) -> Any:
+    runner = runner_of(request)
+
+    return _answer(lambda: runner.get_session(session_id))
+
+
+@router.post("/sandboxes/{session_id}/exec", response_model=ExecResult)
+def exec_session(session_id: str, req: SessionExec, request: Request) -> Any:
+    runner = runner_of(request)
+    return _answer(lambda: runner.exec_session(session_id, req))
+
+
+@router.put("/sandboxes/{session_id}/files/{path:path}")
+async def put_file(session_id: str, path: str, request: Request) -> Any:
+    runner = runner_of(request)
+    data = await request.body()
+
+    def put() -> dict[str, Any]:
+        runner.put_file(session_id, path, data)
+        return {"path": path, "bytes": len(data)}
+
+    # File writes are quick, but keep the event loop free of disk work all the same.
+    return await fastapi.concurrency.run_in_threadpool(_answer, put)
+
+
+@router.get("/sandboxes/{session_id}/files/{path:path}")
+def get_file(session_id: str, path: str, request: Request) -> Any:
+    runner = runner_of(request)
+    out = _answer(lambda: runner.get_file(session_id, path))
+    if isinstance(out, JSONResponse):
+        return out
+    return Response(content=out, media_type="application/octet-stream")
+
+
+@router.delete("/sandboxes/{session_id}")
+def delete_session(session_id: str, request: Request) -> Any:
+    runner = runner_of(request)
+
+    def delete() -> dict[str, Any]:
+        runner.delete_session(session_id)
+        return {"id": session_id, "deleted": True}
+
+    return _answer(delete)

@@ -255,7 +255,7 @@ def _build(settings: Settings, version: str, tree: Path, progress: Progress) -> 
     ]  # fmt: skip
     build = [cmake, "--build", str(bdir), "--target", BINARY, "-j", jobs]
     started = time.monotonic()
-    with log_path.open("w") as log:
+    with log_path.open("w", buffering=1) as log:  # line-buffered: tail -f works mid-build
         progress(f"configuring llama.cpp {version} (log: {log_path})", 0.0)
         _run_logged(configure, log, log_path, progress, "configure")
         progress(f"building {BINARY} {version} on {jobs} cores, a few minutes once (log: {log_path})", 0.0)

@@ -131,6 +131,11 @@ def _setup_body(spec: BootstrapSpec) -> list[str]:
     if spec.gpu_count > 0:
         lines += [
             "# The driver must work before the agent starts, or the engine would fall back to CPU silently.",
+            "# Some images (GCP Deep Learning VMs) install it during first boot: wait up to 10 minutes.",
+            "for _ in $(seq 60); do",
+            "  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then break; fi",
+            "  sleep 10",
+            "done",
             "if ! command -v nvidia-smi >/dev/null 2>&1; then",
             '  echo "argosy setup: nvidia-smi not found: the image has no NVIDIA driver" >&2',
             "  exit 1",

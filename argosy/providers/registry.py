@@ -20,6 +20,7 @@ PROVIDERS = Registry(
         "runpod": Entry("argosy.providers.runpod:RunPodProvider", summary="RunPod GPU pods, spot too"),
         "vast": Entry("argosy.providers.vast:VastProvider", summary="Vast.ai marketplace, on-demand and bid"),
         "linode": Entry("argosy.providers.linode:LinodeProvider", extra="linode", summary="Linode GPUs"),
+        "gcp": Entry("argosy.providers.gcp:GcpProvider", extra="gcp", summary="GCP GPU VMs, spot too"),
     },
 )
 

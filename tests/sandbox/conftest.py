@@ -1,0 +1,58 @@
+"""Fixtures: real sandboxes on this machine, each test module with its own base dir on tmpfs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from argosy.sandbox.config import SandboxConfig, default_base_dir
+from argosy.sandbox.languages import LanguageTable
+from argosy.sandbox.service import LocalRunner
+
+BWRAP = shutil.which("bwrap")
+needs_bwrap = pytest.mark.skipif(
+    BWRAP is None, reason="bubblewrap not installed (apt-get install bubblewrap)"
+)
+
+
+def fresh_config(**kw: object) -> SandboxConfig:
+    # Under /dev/shm, not pytest's tmp_path: the sandbox uid must be able to traverse to its work dir,
+    # and /tmp/pytest-of-root is 0700.
+    base = default_base_dir().parent / f"argosy-test-{uuid.uuid4().hex[:10]}"
+    return SandboxConfig(base_dir=base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[LocalRunner]:
+    if BWRAP is None:
+        pytest.skip("bubblewrap not installed (apt-get install bubblewrap)")
+    r = LocalRunner(fresh_config(max_concurrent=2))
+    yield r
+    r.close()
+    shutil.rmtree(r.config.base_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def table() -> LanguageTable:
+    return LanguageTable.load()
+
+
+def toolchain_missing(table: LanguageTable, lang: str) -> str | None:
+    return (
+        None
+        if table.get(lang).toolchain_path()
+        else f"{lang} toolchain not installed (see .ci/apt-sandbox.txt)"
+    )
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def base_of(r: LocalRunner) -> Path:
+    return r.config.base_dir

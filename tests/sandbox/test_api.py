@@ -1,0 +1,173 @@
+"""The HTTP API over a real LocalRunner: execute, sessions, files, 429 and queueing, the reaper."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from argosy.core.clock import FakeClock
+from argosy.sandbox.service import LocalRunner, wait_for
+from argosy.server.routes_sandbox import install, router
+
+from .conftest import BWRAP, fresh_config
+
+pytestmark = pytest.mark.skipif(BWRAP is None, reason="bubblewrap not installed")
+
+
+def make(**cfg: Any) -> tuple[TestClient, LocalRunner, FakeClock]:
+    clock = FakeClock()
+    runner = LocalRunner(fresh_config(**cfg), clock=clock)
+    app = FastAPI()
+    app.include_router(router)
+    install(app, runner)
+    return TestClient(app), runner, clock
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[TestClient, LocalRunner, FakeClock]]:
+    client, runner, clock = make(max_concurrent=1, max_queue=0)
+    yield client, runner, clock
+    runner.close()
+    shutil.rmtree(runner.config.base_dir, ignore_errors=True)
+
+
+def test_execute(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, _, _ = api
+    r = client.post("/api/v1/sandbox/execute", json={"code": "print(6*7)", "language": "python"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["stdout"] == "42\n" and body["exit_code"] == 0
+    assert set(body) >= {
+        "stdout",
+        "stderr",
+        "exit_code",
+        "signal",
+        "timed_out",
+        "oom_killed",
+        "truncated",
+        "duration_ms",
+        "run_id",
+    }
+
+
+def test_errors_are_for_people(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, _, _ = api
+    r = client.post("/api/v1/sandbox/execute", json={"code": "1", "language": "pyton"})
+    assert r.status_code == 404 and "python" in r.json()["message"] and r.json()["fix"]
+    r = client.post("/api/v1/sandbox/execute", json={"code": "1", "timeout_ms": 10**9})
+    assert r.status_code == 400 and "cap" in r.json()["message"]
+    r = client.post("/api/v1/sandbox/execute", json={"code": "1", "colour": "red"})
+    assert r.status_code == 422
+
+
+def test_429_when_the_queue_is_full(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, runner, _ = api
+    first: dict[str, Any] = {}
+    t = threading.Thread(
+        target=lambda: first.update(
+            client.post("/api/v1/sandbox/execute", json={"code": "import time; time.sleep(3)"}).json()
+        )
+    )
+    t.start()
+    assert wait_for(lambda: runner.admission.active == 1, 10)
+    r = client.post("/api/v1/sandbox/execute", json={"code": "print(1)"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert "busy" in r.json()["message"]
+    t.join()
+    assert first["exit_code"] == 0
+
+
+def test_requests_queue_below_the_cap() -> None:
+    client, runner, _ = make(max_concurrent=1, max_queue=4)
+    try:
+        results: list[int] = []
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(
+                    client.post("/api/v1/sandbox/execute", json={"code": "print(1)"}).status_code
+                )
+            )
+            for _ in range(3)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert results == [200, 200, 200]
+    finally:
+        runner.close()
+        shutil.rmtree(runner.config.base_dir, ignore_errors=True)
+
+
+def test_sessions_keep_state_and_files(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, _, _ = api
+    r = client.post("/api/v1/sandboxes", json={"ttl_s": 120})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    assert client.put(f"/api/v1/sandboxes/{sid}/files/data/in.txt", content=b"21").status_code == 200
+    r = client.post(
+        f"/api/v1/sandboxes/{sid}/exec",
+        json={"code": "open('out.txt','w').write(str(int(open('data/in.txt').read())*2))"},
+    )
+    assert r.json()["exit_code"] == 0, r.json()
+    r = client.post(f"/api/v1/sandboxes/{sid}/exec", json={"command": ["cat", "out.txt"]})
+    assert r.json()["stdout"] == "42"
+    assert client.get(f"/api/v1/sandboxes/{sid}/files/out.txt").content == b"42"
+    assert [s["id"] for s in client.get("/api/v1/sandboxes").json()] == [sid]
+    assert client.get(f"/api/v1/sandboxes/{sid}").json()["files"] == 3  # with main.py, the code cell
+    assert client.delete(f"/api/v1/sandboxes/{sid}").status_code == 200
+    r = client.post(f"/api/v1/sandboxes/{sid}/exec", json={"command": ["true"]})
+    assert r.status_code == 404 and r.json()["fix"]
+
+
+def test_reaper_removes_expired_sessions(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, runner, clock = api
+    keep = client.post("/api/v1/sandboxes", json={"ttl_s": 600}).json()["id"]
+    gone = client.post("/api/v1/sandboxes", json={"ttl_s": 60}).json()["id"]
+    clock.advance(61)
+    reaped = runner.reap()
+    assert reaped["sessions"] == [gone]
+    assert client.get(f"/api/v1/sandboxes/{gone}").status_code == 404
+    assert client.get(f"/api/v1/sandboxes/{keep}").status_code == 200
+    clock.advance(600)
+    assert runner.reap()["sessions"] == [keep]
+
+
+def test_reaper_kills_runs_past_their_lifetime(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, runner, clock = api
+    out: dict[str, Any] = {}
+    t = threading.Thread(
+        target=lambda: out.update(
+            client.post(
+                "/api/v1/sandbox/execute",
+                json={"code": "import time; print('up', flush=True); time.sleep(50)", "timeout_ms": 60000},
+            ).json()
+        )
+    )
+    t.start()
+    assert wait_for(lambda: bool(runner._active), 10)
+    assert runner.reap()["runs"] == []  # not yet past its lifetime
+    clock.advance(63)
+    assert len(runner.reap()["runs"]) == 1
+    t.join()
+    assert out["timed_out"] and out["signal"] == 9
+
+
+def test_session_ttl_cap(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, _, _ = api
+    r = client.post("/api/v1/sandboxes", json={"ttl_s": 10**9})
+    assert r.status_code == 400 and "ttl_s" in r.json()["message"]
+
+
+def test_doctor(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, _, _ = api
+    body = client.get("/api/v1/sandbox/doctor").json()
+    assert body["backends"]["namespaces"]["available"]
+    assert not body["backends"]["microvm"]["available"] and body["backends"]["microvm"]["reason"]
+    assert body["languages"]["python"]["available"]

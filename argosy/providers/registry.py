@@ -21,6 +21,7 @@ PROVIDERS = Registry(
         "vast": Entry("argosy.providers.vast:VastProvider", summary="Vast.ai marketplace, on-demand and bid"),
         "linode": Entry("argosy.providers.linode:LinodeProvider", extra="linode", summary="Linode GPUs"),
         "gcp": Entry("argosy.providers.gcp:GcpProvider", extra="gcp", summary="GCP GPU VMs, spot too"),
+        "aws": Entry("argosy.providers.aws:AwsProvider", extra="aws", summary="AWS EC2 GPUs, spot too"),
     },
 )
 

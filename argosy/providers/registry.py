@@ -22,6 +22,27 @@ PROVIDERS = Registry(
         "linode": Entry("argosy.providers.linode:LinodeProvider", extra="linode", summary="Linode GPUs"),
         "gcp": Entry("argosy.providers.gcp:GcpProvider", extra="gcp", summary="GCP GPU VMs, spot too"),
         "aws": Entry("argosy.providers.aws:AwsProvider", extra="aws", summary="AWS EC2 GPUs, spot too"),
+        "modal": Entry(
+            "argosy.providers.modal:ModalProvider", extra="modal", summary="Modal serverless GPUs (vLLM app)"
+        ),
+        "runpod-serverless": Entry(
+            "argosy.providers.runpod_serverless:RunpodServerlessProvider",
+            summary="RunPod Serverless vLLM workers",
+        ),
+        "baseten": Entry(
+            "argosy.providers.baseten:BasetenProvider", extra="baseten", summary="Baseten (Truss, vLLM)"
+        ),
+        "cloudrun": Entry(
+            "argosy.providers.cloudrun:CloudRunProvider", extra="gcp", summary="Google Cloud Run with L4 GPUs"
+        ),
+        "skypilot": Entry(
+            "argosy.providers.skypilot:SkyPilotProvider", extra="skypilot", summary="SkyServe spot replicas"
+        ),
+        "kubernetes": Entry(
+            "argosy.providers.kubernetes:KubernetesProvider",
+            extra="kubernetes",
+            summary="your Kubernetes cluster",
+        ),
     },
 )
 

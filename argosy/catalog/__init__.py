@@ -17,6 +17,7 @@ from argosy.catalog.offerings import (
     load_offerings,
     merge_offerings,
     offering_key,
+    parse_when,
     price_age_s,
     select_offerings,
     snapshot_offerings,
@@ -24,6 +25,12 @@ from argosy.catalog.offerings import (
 from argosy.catalog.regions import Region, RegionTable, load_regions
 from argosy.catalog.sizing import ModelSpec, Requirement, builtin_models, load_model, size_model
 from argosy.catalog.types import Offering, OfferingKind
+
+
+def parse_when_ok(text: str) -> bool:
+    """Whether a fetched_at value is a date we can compute an age from."""
+    return parse_when(text) is not None
+
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -48,6 +55,8 @@ __all__ = [
     "merge_offerings",
     "normalize_gpu_name",
     "offering_key",
+    "parse_when",
+    "parse_when_ok",
     "price_age_s",
     "select_offerings",
     "size_model",

@@ -43,6 +43,15 @@ FIXED_OVERHEAD_GB = 1.0
 ACTIVATION_FRACTION = 0.02
 # vLLM's default --gpu-memory-utilization: the share of VRAM it lets itself use.
 VRAM_HEADROOM = 0.90
+# Datasheet memory sizes are binary: an "80 GB" A100 has 80 GiB (81920 MiB), a "24 GB" 4090 24 GiB.
+GIB = 2**30 / 1e9
+
+
+def usable_vram_gb(vram_gb: float) -> float:
+    """GB (10^9 bytes) a serving engine may use on a GPU sold as `vram_gb`."""
+    return vram_gb * GIB * VRAM_HEADROOM
+
+
 TP_SIZES = (1, 2, 4, 8)
 DEFAULT_MAX_MODEL_LEN = 8192
 # Decode efficiency: the share of peak memory bandwidth and tensor FLOPs a serving engine reaches.
@@ -271,7 +280,7 @@ class Requirement:
 
     def tp_for(self, vram_gb: float, gpu_count: int) -> int | None:
         """The smallest tensor-parallel size <= gpu_count that fits on GPUs of `vram_gb`, or None."""
-        usable = vram_gb * VRAM_HEADROOM
+        usable = usable_vram_gb(vram_gb)
         for tp in TP_SIZES:
             if tp > gpu_count:
                 break

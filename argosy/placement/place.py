@@ -12,10 +12,10 @@ from argosy.catalog.offerings import is_stale, price_age_s
 from argosy.catalog.regions import load_regions
 from argosy.catalog.sizing import (
     QUANTIZATIONS,
-    VRAM_HEADROOM,
     WEIGHT_BYTES,
     Requirement,
     size_model,
+    usable_vram_gb,
     with_context,
 )
 from argosy.catalog.types import Offering
@@ -167,7 +167,7 @@ def _rejection_detail(reason: str, o: Offering, request: PlacementRequest) -> st
         if req is None:
             return f"{o.gpu} has {vram:g} GB; the request needs {request.min_vram_gb:g} GB per GPU"
         return (
-            f"{o.gpu_count}x {o.gpu} offers {vram * VRAM_HEADROOM:.1f} GB usable per GPU; "
+            f"{o.gpu_count}x {o.gpu} offers {usable_vram_gb(vram):.1f} GB usable per GPU; "
             f"{req.model.name} needs {req.per_gpu_gb(min(o.gpu_count, 8)):.1f} GB per GPU even at TP={min(o.gpu_count, 8)}"
         )
     if reason == "over-budget":
@@ -340,7 +340,7 @@ def suggest_fixes(request: PlacementRequest, offerings: Sequence[Offering]) -> l
     if multi:
         big = max(multi, key=lambda o: specs[o.gpu or ""].vram_gb)  # type: ignore[index]
         per = req.per_gpu_gb(8)
-        usable = specs[big.gpu or ""].vram_gb * VRAM_HEADROOM
+        usable = usable_vram_gb(specs[big.gpu or ""].vram_gb)
         verdict = "fits" if per <= usable else "still does not fit"
         out.append(
             f"tensor parallel 8 needs {per:.1f} GB per GPU; {verdict} on {big.provider} {big.instance_type} "

@@ -147,11 +147,12 @@ def _setup_body(spec: BootstrapSpec) -> list[str]:
             "fi",
         ]
     lines += [
-        f"if ! {spec.python} -m venv --help >/dev/null 2>&1 || ! command -v pip3 >/dev/null 2>&1; then",
+        "# Debian and Ubuntu split venv's pip bootstrap (ensurepip) into python3-venv.",
+        f"if ! {spec.python} -c 'import ensurepip, venv' >/dev/null 2>&1; then",
         "  if command -v apt-get >/dev/null 2>&1; then",
         "    export DEBIAN_FRONTEND=noninteractive",
         "    apt-get update -q",
-        "    apt-get install -y -q python3-venv python3-pip",
+        "    apt-get install -y -q python3-venv",
         "  fi",
         "fi",
         f"[ -x {VENV}/bin/pip ] || {spec.python} -m venv {VENV}",

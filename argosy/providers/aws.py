@@ -36,6 +36,7 @@ from argosy.providers.common import (
     bootstrap_spec,
     canonical_gpu,
     environ,
+    import_sdk,
     key_fingerprint,
     managed_labels,
     node_name,
@@ -163,7 +164,7 @@ class AwsProvider:
             if self._factory is not None:
                 self._clients[key] = self._factory(service, region)
             else:
-                import boto3
+                boto3 = import_sdk("boto3", "aws")
                 from botocore.config import Config
 
                 # botocore's own retries sleep in real time; Argosy retries on its injectable clock.

@@ -8,11 +8,13 @@ the provider object and never logged or put into a Plan.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from argosy.core.errors import ArgosyError
 from argosy.fleet.bootstrap import BootstrapSpec
@@ -143,3 +145,14 @@ def canonical_gpu(model: str, memory_gb: float | None = None) -> str:
     if m in _SIZED and memory_gb:
         return f"{m}-{round(memory_gb)}GB"
     return m
+
+
+def import_sdk(module: str, extra: str) -> ModuleType:
+    """Import a provider SDK on first use; if it is missing, say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ArgosyError(
+            f"this provider needs the '{module}' package, which is not installed",
+            fix=f"pip install 'argosy[{extra}]'",
+        ) from exc

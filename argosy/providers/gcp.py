@@ -38,6 +38,7 @@ from argosy.providers.common import (
     bootstrap_spec,
     environ,
     first_env,
+    import_sdk,
     managed_labels,
     node_name,
     require_kind,
@@ -172,7 +173,7 @@ class GcpProvider:
     # -- SDK clients ---------------------------------------------------------------------------
     def _client(self, kind: str) -> Any:
         if kind not in self._clients:
-            from google.cloud import compute_v1
+            compute_v1 = import_sdk("google.cloud.compute_v1", "gcp")
 
             opts = {"api_endpoint": self._endpoint} if self._endpoint else None
             cls = getattr(compute_v1, kind)
@@ -264,7 +265,7 @@ class GcpProvider:
         )
         families = " OR ".join(f'(name eq "{f}-.*")' for f in GPU_FAMILIES)
 
-        from google.cloud import compute_v1
+        compute_v1 = import_sdk("google.cloud.compute_v1", "gcp")
 
         def fetch() -> tuple[list[Any], list[Any]]:
             # Filters go in the request object: the flattened call signature has no `filter`.
@@ -384,7 +385,7 @@ class GcpProvider:
         )
 
     def provision(self, plan: Plan) -> Instance:
-        from google.cloud import compute_v1
+        compute_v1 = import_sdk("google.cloud.compute_v1", "gcp")
 
         p = plan.payload
         resource = compute_v1.Instance.from_json(json.dumps(p["instance_resource"]))
@@ -451,7 +452,7 @@ class GcpProvider:
         return out
 
     def _was_preempted(self, zone: str, name: str) -> bool:
-        from google.cloud import compute_v1
+        compute_v1 = import_sdk("google.cloud.compute_v1", "gcp")
 
         def fetch() -> list[Any]:
             req = compute_v1.ListZoneOperationsRequest(
@@ -462,7 +463,7 @@ class GcpProvider:
         return any(op.target_link.rsplit("/", 1)[-1] == name for op in self._call(fetch))
 
     def list(self) -> list[Instance]:
-        from google.cloud import compute_v1
+        compute_v1 = import_sdk("google.cloud.compute_v1", "gcp")
 
         def fetch() -> list[tuple[str, Any]]:
             req = compute_v1.AggregatedListInstancesRequest(

@@ -36,6 +36,7 @@ from argosy.providers.common import (
     check_credential,
     environ,
     first_env,
+    import_sdk,
     managed_labels,
     node_name,
     require_kind,
@@ -167,7 +168,7 @@ class LinodeProvider:
                     fix=f"create a personal access token at {TOKENS_URL}, then `export LINODE_TOKEN=...`",
                     provider=self.name,
                 )
-            from linode_api4 import LinodeClient
+            LinodeClient = import_sdk("linode_api4", "linode").LinodeClient
 
             # The SDK's own retry sleeps in real time; Argosy retries on its injectable clock instead.
             self._client = LinodeClient(found[1], base_url=self._base_url, user_agent="argosy", retry=False)
@@ -260,7 +261,7 @@ class LinodeProvider:
         )
 
     def _ensure_firewall(self, spec: dict[str, Any]) -> int:
-        from linode_api4 import Firewall
+        Firewall = import_sdk("linode_api4", "linode").Firewall
 
         def find_or_create() -> int:
             existing = list(self.client.networking.firewalls(Firewall.label == spec["label"]))
@@ -292,7 +293,7 @@ class LinodeProvider:
         )
 
     def status(self, instance_id: str) -> Instance:
-        from linode_api4 import Instance as LinodeInstance
+        LinodeInstance = import_sdk("linode_api4", "linode").Instance
 
         try:
             inst = self._call(lambda: self._loaded(LinodeInstance, instance_id))
@@ -304,7 +305,7 @@ class LinodeProvider:
         return self.client.load(cls, int(instance_id))
 
     def list(self) -> list[Instance]:
-        from linode_api4 import Instance as LinodeInstance
+        LinodeInstance = import_sdk("linode_api4", "linode").Instance
 
         def fetch() -> list[Any]:
             # Filter server-side by the tag, then check again here: cleanup must never touch others.
@@ -313,7 +314,7 @@ class LinodeProvider:
         return [_to_instance(i) for i in self._call(fetch) if MANAGED_LABEL in (i.tags or [])]
 
     def terminate(self, instance_id: str) -> None:
-        from linode_api4 import Instance as LinodeInstance
+        LinodeInstance = import_sdk("linode_api4", "linode").Instance
 
         def delete() -> None:
             self.client.load(LinodeInstance, int(instance_id)).delete()

@@ -44,6 +44,7 @@ INSIDE_UID = 65534
 WORK = "/work"
 CTL = "/run/argosy"  # read-only inside: the command script and stdin, written by the agent
 READ_CHUNK = 65536
+PRLIMIT = "/usr/bin/prlimit"  # util-linux: essential on Debian and Ubuntu
 
 
 @dataclass
@@ -97,16 +98,14 @@ class Prepared:
                 "this sandbox is no longer usable", fix="retry; a fresh sandbox will be started"
             )
         try:
-            self._write_command(argv, env or {}, stdin, self.backend.ulimits(self, limits))
+            self._write_command([*self.backend.rlimit_argv(self, limits), *argv], env or {}, stdin)
             self.backend.apply_limits(self, limits)
             return self._run(limits)
         finally:
             self.close()
 
-    def _write_command(
-        self, argv: list[str], env: dict[str, str], stdin: bytes | None, ulimits: list[str]
-    ) -> None:
-        lines = ["set -e", *ulimits]
+    def _write_command(self, argv: list[str], env: dict[str, str], stdin: bytes | None) -> None:
+        lines = ["set -e"]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
         stdin_path = f"{CTL}/stdin" if stdin is not None else "/dev/null"
         if stdin is not None:
@@ -445,31 +444,33 @@ class NamespacesBackend:
         if prepared.cgroup is not None:
             prepared.cgroup.set_limits(limits)
 
-    def ulimits(self, prepared: Prepared, limits: Limits) -> list[str]:
-        """rlimits, set by the sandbox's shell on itself just before it execs the code.
+    def rlimit_argv(self, prepared: Prepared, limits: Limits) -> list[str]:
+        """A `prlimit ... --` prefix: the code's rlimits, set by the sandbox on itself just before exec.
 
-        Why in the shell and not with prlimit(2) from the agent: lowering one's own limits needs no
+        Why from inside and not prlimit(2) from the agent: lowering one's own limits needs no
         privilege, while prlimit on another uid's process needs CAP_SYS_RESOURCE, which an agent in
-        a container often lacks; and a pre-warmed sandbox learns its limits only at start.
-        `ulimit` without -S/-H sets both soft and hard, so the code cannot raise them again.
+        a container often lacks; and a pre-warmed sandbox learns its limits only at start. Why the
+        prlimit(1) binary (util-linux) and not the shell's `ulimit`: its flags differ between dash
+        and bash (-p vs -u for processes). `--x=N` sets soft and hard, so the code cannot raise them.
         """
         cg = prepared.cgroup
         cpu_s = math.ceil(limits.timeout_ms / 1000 * max(1.0, limits.cpu_count)) + 1
-        cmds = [
-            "ulimit -c 0",
-            "ulimit -n 1024",
+        argv = [
+            PRLIMIT,
+            "--core=0",
+            "--nofile=1024",
             # A backstop if the agent's own deadline is ever missed: the kernel stops a CPU spinner.
-            f"ulimit -t {cpu_s}",
-            f"ulimit -f {limits.file_size_mb * 2048}",  # 512-byte blocks
+            f"--cpu={cpu_s}",
+            f"--fsize={limits.file_size_mb * 2**20}",
         ]
         if cg is None or not cg.limits_memory:
             # The floor without a memory cgroup: address space, with room for runtimes that reserve
             # far more than they touch (V8, the JVM, Go). Weaker: per process, not per sandbox.
-            cmds.append(f"ulimit -v {(limits.memory_mb + limits.address_space_extra_mb) * 1024}")
+            argv.append(f"--as={(limits.memory_mb + limits.address_space_extra_mb) * 2**20}")
         if cg is None or not cg.limits_pids:
             # Counted per uid in the sandbox's own user namespace, so runs do not share the count.
-            cmds.append(f"ulimit -u {limits.pids + 2}")
-        return cmds
+            argv.append(f"--nproc={limits.pids + 2}")
+        return [*argv, "--"]
 
     def run_argv(
         self,

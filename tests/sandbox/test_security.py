@@ -353,3 +353,49 @@ def test_seccomp_denies_kernel_surface(runner: LocalRunner, name: str, nr: int) 
     code = f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.syscall({nr}, 0, 0, 0, 0, 0), ctypes.get_errno())\n"
     res = py(runner, code)
     assert res.stdout.split() == ["-1", "1"], f"{name}: {res.stdout} {res.stderr}"
+
+
+# -- the rlimit floor (a node without usable cgroups) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def floor_runner() -> Iterator[LocalRunner]:
+    from argosy.sandbox import cgroups
+
+    from .conftest import BWRAP, fresh_config
+
+    if BWRAP is None:
+        pytest.skip("bubblewrap not installed")
+    r = LocalRunner(fresh_config())
+    # The same sandbox as on a node with neither cgroup v1 nor v2 controllers: rlimits only.
+    r.backend.cgroups = cgroups.CgroupSupport("none", (), "forced off for this test")
+    yield r
+    r.close()
+
+
+def test_rlimit_floor_memory(floor_runner: LocalRunner) -> None:
+    res = py(floor_runner, "x = bytearray(900 * 2**20); print('allocated')", memory_mb=128)
+    assert res.exit_code != 0 and "MemoryError" in res.stderr and "allocated" not in res.stdout
+    ok = py(floor_runner, "x = bytearray(32 * 2**20); print('fine')", memory_mb=128)
+    assert ok.stdout == "fine\n", ok.stderr
+
+
+def test_rlimit_floor_fork_bomb_and_timeout(floor_runner: LocalRunner) -> None:
+    code = "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            import time; time.sleep(5); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('stopped at', n, e.errno)\n"
+    res = py(floor_runner, code, timeout_ms=5000)
+    assert res.stdout.startswith("stopped at"), res.stdout + res.stderr
+    assert int(res.stdout.split()[2]) <= 64
+    res = py(floor_runner, "while True: pass", timeout_ms=300)
+    assert res.timed_out
+
+
+def test_rlimit_floor_runs_every_runtime(floor_runner: LocalRunner, table: object) -> None:
+    for lang, code in (
+        ("node", "console.log(1)"),
+        ("ruby", "puts 1"),
+        ("java", "public class Main { public static void main(String[] a) { System.out.println(1); } }"),
+    ):
+        if floor_runner.table.get(lang).toolchain_path() is None:
+            continue
+        res = floor_runner.execute(ExecRequest(language=lang, code=code, timeout_ms=30000))
+        assert res.stdout.strip() == "1", f"{lang}: {res.stderr}"

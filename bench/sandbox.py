@@ -1,0 +1,130 @@
+"""Sandbox start-up against a bare process start, in the same run.
+
+    python bench/sandbox.py [--n 40] [--json]
+
+For `print(1)` in Python: the wall time from asking to having the result, for
+  raw   - subprocess.run(['python3', '-c', 'print(1)']) on the host, no isolation;
+  cold  - LocalRunner.execute on the namespaces backend, building the sandbox per request;
+  warm  - the same with a pre-warmed pool (the pool refills between requests, off the clock).
+Samples are interleaved (raw, cold, warm, raw, ...) so load drift on a shared machine hits all
+three alike. Also: executions/s run back to back, and how far past its deadline a CPU spinner is
+killed. Medians and ratios; the issue's targets are p50 overhead <= 30 ms cold, <= 5 ms warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from argosy.sandbox.config import SandboxConfig, default_base_dir
+from argosy.sandbox.models import ExecRequest
+from argosy.sandbox.service import LocalRunner, doctor, wait_for
+
+PYTHON = "/usr/bin/python3"  # the interpreter the sandbox runs, so both sides start the same binary
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    base = default_base_dir().parent / f"argosy-bench-{uuid.uuid4().hex[:8]}"
+    cold = LocalRunner(SandboxConfig(base_dir=base / "cold", max_concurrent=4))
+    warm = LocalRunner(SandboxConfig(base_dir=base / "warm", max_concurrent=4, pool={"python": 2}))
+    warm.start_background()
+    req = ExecRequest(language="python", code="print(1)")
+    samples: dict[str, list[float]] = {"raw": [], "cold": [], "warm": []}
+    warm_hits = 0
+    try:
+        for _ in range(3):  # page cache, toolchain version, seccomp filter
+            subprocess.run([PYTHON, "-c", "print(1)"], capture_output=True, check=True)
+            cold.execute(req)
+        for _ in range(args.n):
+            t0 = time.perf_counter()
+            out = subprocess.run([PYTHON, "-c", "print(1)"], capture_output=True, check=True).stdout
+            samples["raw"].append(_ms(t0))
+            assert out == b"1\n"
+            t0 = time.perf_counter()
+            res = cold.execute(req)
+            samples["cold"].append(_ms(t0))
+            assert res.stdout == "1\n", res
+            wait_for(warm.pool.filled, 30)
+            t0 = time.perf_counter()
+            res = warm.execute(req)
+            samples["warm"].append(_ms(t0))
+            warm_hits += res.warm
+            assert res.stdout == "1\n", res
+
+        throughput: dict[str, float] = {}
+        k = max(10, args.n // 2)
+        t0 = time.perf_counter()
+        for _ in range(k):
+            subprocess.run([PYTHON, "-c", "print(1)"], capture_output=True, check=True)
+        throughput["raw"] = k / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(k):
+            cold.execute(req)
+        throughput["cold"] = k / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(k):
+            warm.execute(req)  # back to back: the pool refills as fast as it can, misses go cold
+        throughput["warm"] = k / (time.perf_counter() - t0)
+
+        overshoot = []
+        for _ in range(5):
+            res = cold.execute(ExecRequest(language="python", code="while True: pass", timeout_ms=300))
+            assert res.timed_out
+            overshoot.append(res.duration_ms - 300)
+    finally:
+        cold.close()
+        warm.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    p90 = {k: statistics.quantiles(v, n=10)[-1] for k, v in samples.items()}
+    report: dict[str, Any] = {
+        "n": args.n,
+        "median_ms": {k: round(v, 2) for k, v in med.items()},
+        "p90_ms": {k: round(v, 2) for k, v in p90.items()},
+        "overhead_ms": {
+            "cold": round(med["cold"] - med["raw"], 2),
+            "warm": round(med["warm"] - med["raw"], 2),
+        },
+        "ratio": {"cold": round(med["cold"] / med["raw"], 2), "warm": round(med["warm"] / med["raw"], 2)},
+        "warm_hits": f"{warm_hits}/{args.n}",
+        "executions_per_s": {k: round(v, 1) for k, v in throughput.items()},
+        "kill_overshoot_ms_median": round(statistics.median(overshoot), 2),
+        "kill_overshoot_ms_max": round(max(overshoot), 2),
+        "microvm": doctor(SandboxConfig(base_dir=Path(base)))["backends"]["microvm"]["reason"],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"print(1) in Python, n={args.n}, interleaved; times are request -> result")
+    print(f"{'':6} {'median ms':>10} {'p90 ms':>8} {'overhead':>9} {'ratio':>6} {'exec/s':>7}")
+    for k in ("raw", "cold", "warm"):
+        over = "" if k == "raw" else f"{report['overhead_ms'][k]:+.1f}"
+        ratio = "1.00" if k == "raw" else f"{report['ratio'][k]:.2f}"
+        print(f"{k:6} {med[k]:10.1f} {p90[k]:8.1f} {over:>9} {ratio:>6} {throughput[k]:7.1f}")
+    print(f"warm pool hits: {report['warm_hits']}")
+    print(
+        f"CPU spinner killed past its 300 ms deadline by: median {report['kill_overshoot_ms_median']} ms, max {report['kill_overshoot_ms_max']} ms"
+    )
+    print(f"microvm backend: unavailable ({report['microvm']})")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,9 @@ def make_tiny(
     path: Path = typer.Argument(..., help="New directory to write the model to."),
     seed: int = typer.Option(0, help="Random seed for the weights (same seed, same bytes)."),
     arch: str = typer.Option("llama", help="Architecture: llama or qwen2."),
+    exist_ok: bool = typer.Option(
+        False, "--exist-ok", help="Reuse PATH if make-tiny already made it (same seed/arch)."
+    ),
     output: str = typer.Option("text", "-o", "--output", help="text or json"),
 ) -> None:
     """Make a tiny random-initialised model (HF format, ~4M params) with a trained tokenizer, in seconds."""
@@ -38,7 +41,7 @@ def make_tiny(
 
     console = Console(stderr=output == "json")
     with console.status(f"making a tiny {arch} model (seed {seed})"):
-        info = make_tiny_model(path, seed=seed, arch=arch)
+        info = make_tiny_model(path, seed=seed, arch=arch, exist_ok=exist_ok)
     if output == "json":
         data = {
             "path": str(info.path),
@@ -49,6 +52,9 @@ def make_tiny(
             "seconds": round(info.seconds, 2),
         }
         print(json.dumps(data))
+        return
+    if info.seconds == 0.0:
+        console.print(f"[green]reused[/] {info.path} (made earlier with seed {info.seed})", highlight=False)
         return
     console.print(
         f"[green]made[/] {info.path}: {info.arch}, {info.parameters / 1e6:.1f}M parameters, "

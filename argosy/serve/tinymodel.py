@@ -174,19 +174,41 @@ def _model_config(transformers: Any, arch: str, vocab: int, bos: int, eos: int, 
     return cfg
 
 
+MARKER = "argosy-tiny.json"  # what made this dir, so `exist_ok` can reuse it instead of remaking
+
+
+def _existing(out: Path, seed: int, arch: str, context: int) -> TinyModelInfo | None:
+    try:
+        meta = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("seed") != seed or meta.get("arch") != arch or meta.get("context") != context:
+        return None
+    if not (out / "model.safetensors").exists() or not (out / "tokenizer.json").exists():
+        return None
+    return TinyModelInfo(out, arch, seed, int(meta.get("parameters", 0)), int(meta.get("vocab_size", 0)), 0.0)
+
+
 def make_tiny_model(
-    path: Path | str, seed: int = 0, arch: str = "llama", context: int = 8192
+    path: Path | str, seed: int = 0, arch: str = "llama", context: int = 8192, exist_ok: bool = False
 ) -> TinyModelInfo:
-    """Write a tiny random model to `path` (a new or empty dir). Deterministic for (seed, arch)."""
+    """Write a tiny random model to `path` (a new or empty dir). Deterministic for (seed, arch).
+
+    With `exist_ok`, a dir this function already made with the same seed/arch is reused as is
+    (so a second `make demo` rebuilds nothing); anything else at `path` is still an error.
+    """
     started = time.monotonic()
     if arch not in ARCHS:
         from argosy.core.errors import unknown_name
 
         raise unknown_name("architecture", arch, ARCHS, fix="use --arch llama or --arch qwen2")
     out = Path(path).expanduser()
+    if exist_ok and (found := _existing(out, seed, arch, context)) is not None:
+        return found
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        hint = " (made with another seed/arch)" if (out / MARKER).exists() else ""
         raise ArgosyError(
-            f"{out} already exists and is not an empty directory", fix="choose a new path, or remove it"
+            f"{out} already exists and is not an empty directory{hint}", fix="choose a new path, or remove it"
         )
     torch, transformers = _require_engine_deps()
 
@@ -235,9 +257,13 @@ def make_tiny_model(
     # transformers 5 may also write the template to chat_template.jinja; keep one source of truth.
     (tmp / "chat_template.jinja").unlink(missing_ok=True)
 
+    params = int(sum(p.numel() for p in model.parameters()))
+    meta = {"arch": arch, "seed": seed, "context": context, "parameters": params, "vocab_size": vocab}
+    (tmp / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    for f in tmp.iterdir():
+        f.chmod(0o644)  # safetensors is written 0600; a model dir is meant to be shared with engines
     if out.exists():
         out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(out)
-    params = sum(p.numel() for p in model.parameters())
-    return TinyModelInfo(out, arch, seed, int(params), vocab, time.monotonic() - started)
+    return TinyModelInfo(out, arch, seed, params, vocab, time.monotonic() - started)

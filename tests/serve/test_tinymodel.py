@@ -77,3 +77,14 @@ def test_make_tiny_refuses_a_non_empty_dir_and_unknown_arch(tmp_path: Path) -> N
     with pytest.raises(ArgosyError) as err2:
         make_tiny_model(tmp_path / "y", arch="lama")
     assert "Did you mean 'llama'" in err2.value.message
+
+
+@needs_engine_extra
+def test_exist_ok_reuses_only_what_make_tiny_made(tiny_model: Path) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_model.iterdir()}
+    info = make_tiny_model(tiny_model, seed=0, exist_ok=True)
+    assert info.seconds == 0.0 and info.vocab_size == 4096
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_model.iterdir()} == before
+    with pytest.raises(ArgosyError) as err:
+        make_tiny_model(tiny_model, seed=1, exist_ok=True)
+    assert "another seed" in err.value.message

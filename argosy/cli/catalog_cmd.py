@@ -27,7 +27,7 @@ from argosy.catalog import (
     size_model,
 )
 from argosy.core.config import Settings, load_settings
-from argosy.core.errors import ConfigError
+from argosy.core.errors import ArgosyError, ConfigError
 
 # Providers whose own live offerings are merged in by default. The fake provider also implements
 # Offerings but is a simulator: its made-up prices would win real plans, so it joins only when named.
@@ -44,9 +44,16 @@ def gather_offerings(settings: Settings, also: tuple[str, ...] = ()) -> list[Off
     for name in dict.fromkeys((*LIVE_SOURCES_DEFAULT, *also)):
         if name not in PROVIDERS.names():
             continue
-        provider = get_provider(name, settings)
-        if isinstance(provider, Offerings):
-            live.extend(provider.offerings())
+        try:
+            provider = get_provider(name, settings)
+            if isinstance(provider, Offerings):
+                live.extend(provider.offerings())
+        except ArgosyError as exc:
+            # A provider that cannot list its live offerings (no credentials, no network) must not hide
+            # the rest of the catalog: its snapshot and cached prices still stand.
+            Console(stderr=True).print(
+                f"[yellow]note:[/] {name} live offerings unavailable: {exc.message}", highlight=False
+            )
     return load_offerings(settings, live=live)
 
 

@@ -342,6 +342,11 @@ def suggest_fixes(request: PlacementRequest, offerings: Sequence[Offering]) -> l
         per = req.per_gpu_gb(8)
         usable = usable_vram_gb(specs[big.gpu or ""].vram_gb)
         verdict = "fits" if per <= usable else "still does not fit"
+        _, outside, _ = _filter_and_measure(
+            replace(request, requirement=None, min_vram_gb=None), [big], False
+        )
+        if outside:
+            verdict += f" (outside the current filters: {', '.join(REASONS.get(r, r) for r in outside)})"
         out.append(
             f"tensor parallel 8 needs {per:.1f} GB per GPU; {verdict} on {big.provider} {big.instance_type} "
             f"(8x {big.gpu}, {usable:.0f} GB usable each)"

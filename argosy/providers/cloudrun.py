@@ -72,6 +72,8 @@ OPTIONS = (
     "service_account",
 )
 PROBE_PERIOD_S = 10
+PROJECT_PLACEHOLDER = "<GOOGLE_CLOUD_PROJECT>"
+INVOKER_PLACEHOLDER = "<ARGOSY_CLOUDRUN_INVOKER>"
 # Generous time to download and load weights: a timeout, not an estimate of the cold start.
 STARTUP_BASE_S = 240
 STARTUP_S_PER_GB = 10
@@ -281,21 +283,13 @@ class CloudRunProvider:
         )
 
     def _parent(self, region: str) -> str:
-        if not self.project:
-            raise ConfigError(
-                f"{PROVIDER}: no Google Cloud project", fix="export GOOGLE_CLOUD_PROJECT=your-project-id"
-            )
-        return f"projects/{self.project}/locations/{region}"
+        # A dry run without a project still renders, with a placeholder deploy refuses.
+        return f"projects/{self.project or PROJECT_PLACEHOLDER}/locations/{region}"
 
     def plan_endpoint(self, request: EndpointRequest) -> Plan:
         region = str(request.extra.get("region") or self.region)
         service = render_service(request, self.project, region)
-        invoker = str(request.extra.get("invoker") or self.invoker)
-        if not invoker:
-            raise ConfigError(
-                f"{PROVIDER}: no invoker service account for the router",
-                fix="export ARGOSY_CLOUDRUN_INVOKER=router@PROJECT.iam.gserviceaccount.com",
-            )
+        invoker = str(request.extra.get("invoker") or self.invoker or INVOKER_PLACEHOLDER)
         service_id = resource_name(request.name, limit=49)
         facts = self.facts(request)
         payload = {
@@ -324,6 +318,13 @@ class CloudRunProvider:
         from google.protobuf import json_format
 
         p = plan.payload
+        if PROJECT_PLACEHOLDER in p["parent"]:
+            raise ConfigError(f"{PROVIDER}: no Google Cloud project", fix="export GOOGLE_CLOUD_PROJECT=your-project-id")
+        if INVOKER_PLACEHOLDER in json.dumps(p["iam_policy"]):
+            raise ConfigError(
+                f"{PROVIDER}: no invoker service account for the router",
+                fix="export ARGOSY_CLOUDRUN_INVOKER=router@PROJECT.iam.gserviceaccount.com",
+            )
         client = self._services()
         service = run_v2.Service.from_json(json.dumps(p["service"]))
         name = f"{p['parent']}/services/{p['service_id']}"

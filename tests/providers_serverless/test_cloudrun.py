@@ -195,3 +195,14 @@ def test_preflight_without_credentials_says_what_to_set(settings, clock, monkeyp
     assert "gcloud auth application-default login" in fixes["google credentials"]
     assert "GOOGLE_CLOUD_PROJECT" in fixes["google project"]
     assert "ARGOSY_CLOUDRUN_INVOKER" in fixes["cloud run invoker"]
+
+
+def test_dry_run_without_settings_renders_placeholders_deploy_refuses(settings, clock):
+    p = CloudRunProvider(settings, clock, env={}, client=object())
+    plan = p.plan_endpoint(EndpointRequest("chat", "m"))
+    assert plan.payload["parent"].startswith("projects/<GOOGLE_CLOUD_PROJECT>/")
+    with pytest.raises(ConfigError, match="GOOGLE_CLOUD_PROJECT"):
+        p.deploy(plan)
+    p2 = CloudRunProvider(settings, clock, env={"GOOGLE_CLOUD_PROJECT": "x"}, client=object())
+    with pytest.raises(ConfigError, match="ARGOSY_CLOUDRUN_INVOKER"):
+        p2.deploy(p2.plan_endpoint(EndpointRequest("chat", "m")))

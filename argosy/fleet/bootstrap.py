@@ -50,6 +50,8 @@ class BootstrapSpec:
     gpu_count: int = 0  # GPUs the machine must show in nvidia-smi before the agent starts
     python: str = "python3"
     install_nvidia_driver: bool = False  # for images without a driver (Linode's Ubuntu)
+    provider: str = ""  # lets the agent poll the right preemption notice (argosy.providers.preemption)
+    preemptible: bool = False  # spot/interruptible: the agent should watch for reclaim notices
     labels: tuple[tuple[str, str], ...] = ()
 
     def pip(self) -> str:
@@ -64,6 +66,7 @@ def validate(spec: BootstrapSpec) -> None:
         ("node_name", spec.node_name),
         ("pip_spec", spec.pip()),
         ("pip_index_url", spec.pip_index_url or ""),
+        ("provider", spec.provider),
     ):
         if _UNSAFE.search(value) or " " in value:
             raise ValueError(
@@ -85,6 +88,10 @@ def agent_env(spec: BootstrapSpec) -> str:
         f"ARGOSY_AGENT_TOKEN={spec.agent_token}",
         f"ARGOSY_NODE_NAME={spec.node_name}",
     ]
+    if spec.provider:
+        lines.append(f"ARGOSY_PROVIDER={spec.provider}")
+    if spec.preemptible:
+        lines.append("ARGOSY_PREEMPTIBLE=1")
     if spec.labels:
         lines.append("ARGOSY_NODE_LABELS=" + ",".join(f"{k}={v}" for k, v in spec.labels))
     return "\n".join(lines) + "\n"

@@ -67,6 +67,8 @@ def bootstrap_spec(request: InstanceRequest, env: Mapping[str, str]) -> Bootstra
         pip_index_url=env.get(PIP_INDEX_ENV) or None,
         gpu_count=request.offering.gpu_count if request.offering.gpu else 0,
         labels=tuple(sorted((k, v) for k, v in request.labels.items())),
+        provider=request.offering.provider,
+        preemptible=request.offering.kind == "spot",
     )
 
 

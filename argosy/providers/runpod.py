@@ -247,7 +247,7 @@ def _to_instance(pod: dict[str, Any]) -> Instance:
         instance_id=pod["id"],
         name=pod.get("name") or "",
         state=state,
-        region=(pod.get("machine") or {}).get("location") or "",
+        region="",  # RunPod picks the data center; the GraphQL pod fields do not name it
         address=address,
         labels=labels,
         price_per_hour=pod.get("costPerHr"),

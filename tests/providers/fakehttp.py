@@ -154,13 +154,15 @@ class FakeApi:
                 self.errors.append(problem)
         if reply.delay_s:
             time.sleep(reply.delay_s)
-        data = b"" if reply.body is None else json.dumps(reply.body).encode()
+        # A str body is sent as plain text (metadata servers answer text); anything else as JSON.
+        text = isinstance(reply.body, str)
+        data = b"" if reply.body is None else reply.body.encode() if text else json.dumps(reply.body).encode()
         try:
             h.send_response(reply.status)
             for k, v in reply.headers.items():
                 h.send_header(k, v)
             if data:
-                h.send_header("Content-Type", "application/json")
+                h.send_header("Content-Type", "text/plain" if text else "application/json")
             h.send_header("Content-Length", str(len(data)))
             h.end_headers()
             h.wfile.write(data)

@@ -70,7 +70,7 @@ def _pod(status: str, pod_type: str = "RESERVED", runtime: bool = True, name: st
         "imageName": "runpod/pytorch",
         "env": ["ARGOSY_MANAGED=true", "ARGOSY_NODE=argosy-llama-1"],
         "lastStatusChange": "Rented by User: Sun Nov 22 2026",
-        "machine": {"gpuDisplayName": "RTX 4090", "location": "CA"},
+        "machine": {"gpuDisplayName": "RTX 4090"},
         "runtime": {
             "uptimeInSeconds": 12,
             "ports": [

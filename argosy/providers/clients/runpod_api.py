@@ -23,7 +23,7 @@ KEYS_URL = "https://www.runpod.io/console/user/settings"
 
 POD_FIELDS = """
   id name desiredStatus podType costPerHr gpuCount imageName env lastStatusChange
-  machine { gpuDisplayName location }
+  machine { gpuDisplayName }
   runtime { uptimeInSeconds ports { ip isIpPublic privatePort publicPort type } }
 """
 Q_MYSELF = "query Myself { myself { id pods {" + POD_FIELDS + "} } }"

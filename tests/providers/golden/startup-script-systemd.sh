@@ -6,6 +6,8 @@ cat >/etc/argosy/agent.env <<'ARGOSY_ENV'
 ARGOSY_SERVER=https://argosy.example.com:8750
 ARGOSY_AGENT_TOKEN=reg-tok-0123456789abcdef
 ARGOSY_NODE_NAME=argosy-llama-1
+ARGOSY_PROVIDER=aws
+ARGOSY_PREEMPTIBLE=1
 ARGOSY_NODE_LABELS=deployment=llama
 ARGOSY_ENV
 umask 022

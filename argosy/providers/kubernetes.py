@@ -91,6 +91,7 @@ OPTIONS = (
     "cpu",
     "memory",
     "hf_token_env",
+    "weights_pvc",
 )
 # Startup probe period; the failure threshold is sized so the budget covers download + load.
 PROBE_PERIOD_S = 10
@@ -196,7 +197,10 @@ def render_endpoint(request: EndpointRequest, namespace: str) -> dict[str, Any]:
         # Tensor-parallel workers share memory through /dev/shm; the default 64 MiB is too small.
         "volumes": [
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
-            {"name": "hf-cache", "emptyDir": {}},
+            # An existing PVC keeps downloaded weights across restarts and replicas (ReadWriteMany).
+            {"name": "hf-cache", "persistentVolumeClaim": {"claimName": str(request.extra["weights_pvc"])}}
+            if request.extra.get("weights_pvc")
+            else {"name": "hf-cache", "emptyDir": {}},
         ],
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
         "automountServiceAccountToken": False,
@@ -514,6 +518,9 @@ class KubernetesProvider:
         manifests = render_endpoint(request, ns)
         facts = self.facts(request)
         name = manifests["deployment"]["metadata"]["name"]
+        hf_env = str(request.extra.get("hf_token_env") or "")
+        # The token goes into the Secret at apply time only; the printed plan shows a placeholder.
+        secrets = {"HF_TOKEN": self._env[hf_env]} if hf_env and self._env.get(hf_env) else {}
         return Plan(
             provider=PROVIDER,
             action="deploy",
@@ -526,6 +533,7 @@ class KubernetesProvider:
             if facts.price_per_second is None
             else facts.price_per_second * 3600 * max(1, request.min_workers),
             notes=[*facts.notes(), f"in-cluster URL: http://{name}.{ns}.svc.cluster.local:{VLLM_PORT}/v1"],
+            secrets=secrets,
         )
 
     def deploy(self, plan: Plan) -> ServerlessEndpoint:
@@ -561,6 +569,21 @@ class KubernetesProvider:
         external = (ingress[0].get("ip") or ingress[0].get("hostname")) if ingress else None
         return self._endpoint(
             ns, name, state=state, token=token, external=external, detail=f"{ready}/{want} replicas ready"
+        )
+
+    def scale_endpoint(self, endpoint_id: str, replicas: int) -> None:
+        """Set the replica count (Argosy's autoscaler decides; Kubernetes has no scale-to-zero of its own)."""
+        ns, name = _split(endpoint_id)
+        apps = self._apis()[1]
+        _check_managed(
+            self._call("read the deployment", apps.read_namespaced_deployment, name, ns), endpoint_id
+        )
+        self._call(
+            "scale the deployment",
+            apps.patch_namespaced_deployment_scale,
+            name,
+            ns,
+            {"spec": {"replicas": max(0, int(replicas))}},
         )
 
     def destroy(self, endpoint_id: str) -> None:

@@ -121,6 +121,17 @@ class FakeKube:
                 return 404, {"kind": "Status", "message": f'{plural} "{name}" not found', "code": 404}
             if req.method == "GET":
                 return 200, self.objects[key]
+            if req.method == "PATCH" and len(rest) == 4 and rest[3] == "scale":
+                assert req.headers.get("content-type", "").startswith("application/"), (
+                    "patch needs a patch type"
+                )
+                self.objects[key]["spec"]["replicas"] = req.body["spec"]["replicas"]
+                return 200, {
+                    "kind": "Scale",
+                    "apiVersion": "autoscaling/v1",
+                    "spec": req.body["spec"],
+                    "metadata": {"name": name},
+                }
             if req.method == "DELETE":
                 assert req.query.get("propagationPolicy") == "Foreground", (
                     "deletes must cascade in the foreground"
@@ -283,3 +294,21 @@ def test_preflight_without_cluster_config_says_what_to_set(settings, clock, tmp_
     p = KubernetesProvider(settings, clock, env={"KUBECONFIG": str(tmp_path / "missing")})
     bad = [c for c in p.preflight() if not c.ok]
     assert bad and "export KUBECONFIG=" in (bad[0].fix or "")
+
+
+def test_scale_and_weights_pvc_and_hf_token(kube, settings, clock):
+    p, fake, server = kube
+    plan = p.plan_endpoint(req(weights_pvc="hf-weights", hf_token_env="MY_HF"))
+    vols = {v["name"]: v for v in plan.payload["deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert vols["hf-cache"] == {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf-weights"}}
+    assert plan.payload["secret"]["stringData"]["hf-token"] == "<secret:HF_TOKEN>"
+    with pytest.raises(ConfigError, match="HF_TOKEN"):
+        p.deploy(plan)  # the env var named by hf_token_env is not set: nothing half-made is left
+    assert fake.objects == {}
+    p2 = KubernetesProvider(settings, clock, env={"MY_HF": "hf_abc"}, api_client=p._api_client)
+    ep = p2.deploy(p2.plan_endpoint(req(hf_token_env="MY_HF")))
+    secret = fake.objects[("secrets", "argosy", "argosy-chat")]
+    assert base64.b64decode(secret["data"]["hf-token"]).decode() == "hf_abc"
+    p2.scale_endpoint(ep.endpoint_id, 0)
+    assert fake.objects[("deployments", "argosy", "argosy-chat")]["spec"]["replicas"] == 0
+    assert server.errors == []

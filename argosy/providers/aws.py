@@ -13,6 +13,7 @@ stop) on shutdown, so nothing bills after the agent or the user powers one off.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -92,9 +93,7 @@ def translate(exc: Exception) -> ProviderError | None:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError
 
     if isinstance(exc, NoCredentialsError):
-        return ProviderAuthError(
-            "aws: no credentials found", fix="aws configure (or export AWS_PROFILE=...)", provider="aws"
-        )
+        return ProviderAuthError("aws: no credentials found", fix=_configure_fix(), provider="aws")
     if isinstance(exc, NoRegionError):
         return ProviderError("aws: no region", fix="export AWS_REGION=us-east-1", provider="aws")
     if isinstance(exc, EndpointConnectionError):
@@ -534,3 +533,11 @@ def _to_instance(inst: dict[str, Any], region: str, price: float | None = None) 
         price_per_hour=price,
         reason=reason,
     )
+
+
+def _configure_fix() -> str:
+    # `aws configure` needs the AWS CLI; say how to get it when it is missing.
+    configure = "aws configure (or export AWS_PROFILE=<profile>)"
+    if shutil.which("aws"):
+        return configure
+    return f"install the AWS CLI (https://aws.amazon.com/cli/), then {configure}"

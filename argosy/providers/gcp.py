@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -226,7 +227,7 @@ class GcpProvider:
                         "gcp credentials",
                         False,
                         f"no Application Default Credentials ({exc})",
-                        fix="gcloud auth application-default login",
+                        fix=_login_fix(),
                     )
                 )
                 return checks
@@ -507,3 +508,11 @@ def _to_instance(inst: Any, zone: str) -> Instance:
         labels=labels if labels.get(MANAGED_LABEL) == "true" or NODE_LABEL in labels else {},
         reason="" if status in ("RUNNING", "PROVISIONING", "STAGING") else f"gcp status: {status}",
     )
+
+
+def _login_fix() -> str:
+    # The login command needs the gcloud CLI; say how to get it when it is missing.
+    login = "gcloud auth application-default login"
+    if shutil.which("gcloud"):
+        return login
+    return f"install the gcloud CLI (https://cloud.google.com/sdk/docs/install), then {login}"

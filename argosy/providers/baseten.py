@@ -69,13 +69,21 @@ class TrussSdk:
 
     def push(self, directory: Path, model_name: str, api_key: str) -> tuple[str, str]:
         try:
-            import truss
+            from truss import api as truss_api
         except ImportError as exc:
-            raise ArgosyError("the baseten provider needs the truss SDK", fix="pip install truss") from exc
-        # truss reads the key from ~/.trussrc; login writes it there (once, idempotently).
-        truss.login(api_key)
+            raise ArgosyError(
+                "the baseten provider needs the truss SDK", fix="pip install 'argosy[baseten]'"
+            ) from exc
+        # truss reads the key from ~/.trussrc: login writes it there under the remote name "baseten".
+        truss_api.login(api_key)
         try:
-            deployment = truss.push(str(directory), model_name=model_name, publish=True, promote=True)
+            deployment = truss_api.push(
+                str(directory),
+                remote="baseten",
+                model_name=model_name,
+                publish=True,
+                environment="production",
+            )
         except Exception as exc:  # truss raises plain exceptions; keep its message for the user
             raise ProviderError(
                 f"baseten: truss push failed: {exc}",
@@ -192,12 +200,17 @@ class BasetenProvider:
                 )
             )
         try:
-            import truss  # noqa: F401
+            import truss.api  # noqa: F401
 
             checks.append(CheckResult("truss sdk", True, "installed"))
         except ImportError:
             checks.append(
-                CheckResult("truss sdk", self._pusher is not None, "not installed", fix="pip install truss")
+                CheckResult(
+                    "truss sdk",
+                    self._pusher is not None,
+                    "not installed",
+                    fix="pip install 'argosy[baseten]'",
+                )
             )
         return checks
 

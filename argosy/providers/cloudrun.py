@@ -319,7 +319,9 @@ class CloudRunProvider:
 
         p = plan.payload
         if PROJECT_PLACEHOLDER in p["parent"]:
-            raise ConfigError(f"{PROVIDER}: no Google Cloud project", fix="export GOOGLE_CLOUD_PROJECT=your-project-id")
+            raise ConfigError(
+                f"{PROVIDER}: no Google Cloud project", fix="export GOOGLE_CLOUD_PROJECT=your-project-id"
+            )
         if INVOKER_PLACEHOLDER in json.dumps(p["iam_policy"]):
             raise ConfigError(
                 f"{PROVIDER}: no invoker service account for the router",

@@ -25,7 +25,7 @@ from typing import Protocol
 from argosy.catalog.types import Offering
 from argosy.core.clock import Clock
 from argosy.core.config import Settings
-from argosy.core.errors import ArgosyError, NotFoundError, ProviderAuthError, ProviderError
+from argosy.core.errors import ArgosyError, ConflictError, NotFoundError, ProviderAuthError, ProviderError
 from argosy.providers.base import MANAGED_LABEL, CheckResult, EndpointRequest, Plan
 from argosy.providers.templates.serverless import (
     ENDPOINT_LABEL,
@@ -150,6 +150,22 @@ def _sdk_errors(what: str) -> Iterator[None]:
         ) from exc
     except mexc.NotFoundError as exc:
         raise NotFoundError(f"modal: {what}: {exc}", fix="run `argosy list` to see live endpoints") from exc
+    except mexc.AlreadyExistsError as exc:
+        raise ConflictError(
+            f"modal: {what}: {exc}", fix="a previous deploy left it behind: `argosy destroy NAME`, then retry"
+        ) from exc
+    except mexc.PermissionDeniedError as exc:
+        raise ProviderAuthError(
+            f"modal: {what}: {exc}",
+            fix="use a token of a workspace member with deploy rights",
+            provider=PROVIDER,
+        ) from exc
+    except (mexc.ResourceExhaustedError, mexc.InvalidError, mexc.ImageBuildError) as exc:
+        raise ProviderError(
+            f"modal: {what}: {exc}",
+            fix="check the rendered modal_app.py (`--dry-run`) and your workspace's GPU limits",
+            provider=PROVIDER,
+        ) from exc
     except mexc.Error as exc:
         raise ProviderError(
             f"modal: {what}: {exc}", fix="retry; see https://status.modal.com", provider=PROVIDER
@@ -176,8 +192,8 @@ class ModalSdk:
             module = importlib.util.module_from_spec(spec)
             sys.modules[path.stem] = module
             try:
-                spec.loader.exec_module(module)
                 with _sdk_errors(f"deploy app {app_name}"):
+                    spec.loader.exec_module(module)  # Modal validates decorators and tags here
                     module.app.deploy(name=app_name, environment_name=environment)
                 return str(module.app.app_id)
             finally:

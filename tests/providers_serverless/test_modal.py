@@ -178,3 +178,12 @@ def test_preflight_and_errors(settings, clock, tmp_path):
         p.destroy("someone-elses-app")
     with pytest.raises(ConfigError, match="concurrency"):
         p.plan_endpoint(EndpointRequest("c", "m", extra={"concurency": 3}))
+
+
+def test_real_sdk_rejections_become_typed_errors():
+    # Runs the real ModalSdk.deploy up to Modal's local validation (no network is reached).
+    from argosy.providers.modal import ModalSdk
+
+    with pytest.raises(ProviderError, match="Invalid tag key") as info:
+        ModalSdk().deploy("argosy-x", 'import modal\napp = modal.App("x", tags={"bad tag": "v"})\n', None)
+    assert "fix:" in str(info.value)

@@ -13,6 +13,7 @@ This module holds only the serverless calls; the pods provider (issue 5) owns it
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -217,6 +218,10 @@ class RunpodServerlessProvider:
             action="deploy",
             offering=request.offering,
             payload={"template": template, "endpoint": endpoint},
+            artifacts={
+                "template.json": json.dumps(template, indent=2, sort_keys=True),
+                "endpoint.json": json.dumps(endpoint, indent=2, sort_keys=True),
+            },
             estimated_cost_per_hour=None if facts.price_per_second is None else facts.price_per_second * 3600,
             notes=[
                 *facts.notes(),

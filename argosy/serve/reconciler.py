@@ -109,11 +109,11 @@ class DeploymentReconciler:
                     transition(s, r, "draining", "deployment is being destroyed", now)
         for r in replicas:
             self._step_replica(s, dep, r, now)
-        s.flush()
+        s.commit()  # the router start below may take seconds: hold no write lock across it
         if dep.state == "active":
             self._sync_router(s, dep, replicas, now)
         elif all(r.state in TERMINAL_STATES for r in replicas):
-            self.routers.stop(dep)
+            self.routers.stop(dep)  # nothing is being written: the commit above released the lock
             dep.router_pid = None
             transition(s, dep, "destroyed", "all replicas terminated and the router stopped", now)
 
@@ -292,16 +292,16 @@ class DeploymentReconciler:
                 s.add(node)
                 s.flush()
                 req.agent_token = create_key(s, f"agent {node.name}", "agent", now, node_id=node.id)
+                # The agent may register before this step ends: its node and key must be visible.
+                s.commit()
                 try:
                     inst = provider.provision(provider.plan(req))
                 except CapacityError as exc:
                     errors.append(f"{offering.key}: {exc.message}")
-                    s.delete(node)
-                    s.flush()
+                    self._discard(s, node, now)
                     continue
                 except ProviderError as exc:
-                    s.delete(node)
-                    s.flush()
+                    self._discard(s, node, now)
                     self._fail(s, dep, r, "failed", f"provisioning failed: {exc.message}", now)
                     return
                 node.provider_instance_id = inst.instance_id
@@ -324,6 +324,11 @@ class DeploymentReconciler:
         if r.reason != reason:
             r.reason = reason
             note(s, "replica", r.id, "pending", reason, now, deployment_id=dep.id)
+
+    def _discard(self, s: Session, node: Node, now: float) -> None:
+        """A node whose provisioning failed: revoke its key, record why, never reuse it."""
+        revoke_node_keys(s, node.id, now)
+        transition(s, node, "failed", "provisioning failed", now)
 
     # -- router --------------------------------------------------------------------------------
     def _sync_router(self, s: Session, dep: Deployment, replicas: list[Replica], now: float) -> None:
@@ -370,7 +375,7 @@ class DeploymentReconciler:
             ).all()
             if len(live) < d.replicas:
                 short.add(d.provider)
-        for node in s.scalars(select(Node).where(Node.status.notin_(("terminated",)))):
+        for node in s.scalars(select(Node).where(Node.status.notin_(("terminated",)))).all():
             if node.provider == "manual":
                 continue  # enrolled by hand: never ours to terminate
             busy = s.scalar(
@@ -387,3 +392,4 @@ class DeploymentReconciler:
                 continue
             revoke_node_keys(s, node.id, now)
             transition(s, node, "terminated", "no replicas left on it", now)
+            s.commit()  # before the next (possibly slow) terminate call

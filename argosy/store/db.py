@@ -19,9 +19,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
-    # WAL lets the CLI read while the server writes; busy_timeout rides out short write locks.
+    # WAL lets readers run beside the writer; busy_timeout rides out write locks. Writers must not
+    # hold a transaction across slow effects (provisioning, process starts): commit before them.
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()

@@ -222,6 +222,7 @@ class NamespacesBackend:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.bwrap = shutil.which("bwrap")
+        self.setpriv = shutil.which("setpriv", path=SANDBOX_PATH)
         self.cgroups = cgroups.detect()
         self.is_root = os.geteuid() == 0
         self._bpf: bytes | None = None
@@ -372,8 +373,14 @@ class NamespacesBackend:
             kwargs: dict[str, object] = {}
             if self.is_root:
                 # Start bwrap itself unprivileged: it then builds its user namespace as that uid, so
-                # nothing in the sandbox maps to root on the host.
-                kwargs = {"user": self.config.uid, "group": self.config.gid, "extra_groups": []}
+                # nothing in the sandbox maps to root on the host. Through setpriv(1) rather than
+                # Popen(user=...): a uid change makes CPython fork instead of vfork, which costs
+                # ~10 ms in a server-sized process; setpriv's exec costs less.
+                if self.setpriv:
+                    ids = [f"--reuid={self.config.uid}", f"--regid={self.config.gid}", "--clear-groups"]
+                    argv = [self.setpriv, *ids, "--", *argv]
+                else:
+                    kwargs = {"user": self.config.uid, "group": self.config.gid, "extra_groups": []}
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,

@@ -168,9 +168,12 @@ class WarmPool:
                     prepared = candidate
                     break
                 candidate.close()
-        if items is not None:
-            self._wake.set()
+        # No refill here: starting a replacement now would compete for the CPU with the run that
+        # just took this one. The runner calls `refill()` when that run is over.
         return prepared
+
+    def refill(self) -> None:
+        self._wake.set()
 
     def close(self) -> None:
         with self._lock:
@@ -367,7 +370,11 @@ class LocalRunner:
                 prepared_run.close()
                 raise
             argv = lang.argv(lang.spec.run, lang.spec.file) + list(args)
-            res = self._start(run_id, prepared_run, argv, limits, env, stdin)
+            try:
+                res = self._start(run_id, prepared_run, argv, limits, env, stdin)
+            finally:
+                if warm:
+                    self.pool.refill()
             return ExecResult(
                 run_id=run_id,
                 status=self._status(res),  # type: ignore[arg-type]

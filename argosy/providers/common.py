@@ -131,12 +131,38 @@ def require_kind(provider: str, kind: str, allowed: Sequence[str]) -> None:
         )
 
 
-# GPUs sold in more than one memory size carry it in their canonical name (architecture doc: H100-80GB).
+# GPUs sold in more than one memory size carry it in the fallback name (A100-40GB vs A100-80GB).
 _SIZED = ("H100", "H200", "A100", "V100", "B200", "GH200", "MI300X")
+_DESCRIBED = re.compile(r"^\s*(?P<model>.+?)\s*\((?P<mem>\d+)\s*GB\s*(?P<form>[\w ]*)\)")
 
 
 def canonical_gpu(model: str, memory_gb: float | None = None) -> str:
-    """The catalog's canonical GPU name from a provider's model string ('NVIDIA GeForce RTX 4090' -> RTX4090)."""
+    """The catalog's canonical GPU name for a provider's spelling ('NVIDIA GeForce RTX 4090' -> RTX4090).
+
+    The catalog's GPU table (argosy/catalog/data/gpus.yaml) is the one source of names and aliases;
+    a GPU it does not know yet keeps a normalised name rather than being dropped, so a new card
+    still shows up (and the table can learn its alias).
+    """
+    from argosy.catalog.gpus import load_gpus
+
+    table = load_gpus()
+    candidates = [model]
+    m = _DESCRIBED.match(model)
+    if m:  # Lambda style: "H100 (80 GB SXM5)"
+        memory_gb = memory_gb or float(m["mem"])
+        if m["form"].strip():
+            candidates.append(f"{m['model']} {m['form'].strip()}")
+        candidates.append(m["model"])
+    fallback = _normalised(model, memory_gb)
+    candidates.append(fallback)
+    for spelling in candidates:
+        found = table.find(spelling, memory_gb)
+        if found:
+            return found
+    return fallback
+
+
+def _normalised(model: str, memory_gb: float | None) -> str:
     m = model.upper().replace("NVIDIA", "").replace("GEFORCE", "").replace("TESLA", "")
     m = re.sub(r"\(.*?\)", "", m)
     m = re.sub(r"(^|[\s_-])\d+\s*GB\b", " ", m)  # "80GB", "80 GB": the size is added back below

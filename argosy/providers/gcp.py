@@ -37,6 +37,7 @@ from argosy.providers.clients.http import RetryPolicy
 from argosy.providers.common import (
     NODE_LABEL,
     bootstrap_spec,
+    canonical_gpu,
     environ,
     first_env,
     import_sdk,
@@ -50,16 +51,16 @@ PROJECT_VARS = ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT
 # Deep Learning VM images ship the NVIDIA driver installer (`install-nvidia-driver` metadata).
 DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
 GPU_FAMILIES = ("a2", "a3", "g2")
-# GCP accelerator type -> canonical GPU name.
-ACCELERATORS = {
-    "nvidia-tesla-t4": "T4",
-    "nvidia-l4": "L4",
-    "nvidia-tesla-a100": "A100-40GB",
-    "nvidia-a100-80gb": "A100-80GB",
-    "nvidia-h100-80gb": "H100-80GB",
-    "nvidia-h100-mega-80gb": "H100-80GB",
-    "nvidia-h200-141gb": "H200-141GB",
-    "nvidia-tesla-v100": "V100-16GB",
+# GCP accelerator type -> a spelling and memory the catalog's GPU table resolves (canonical_gpu).
+ACCELERATORS: dict[str, tuple[str, float]] = {
+    "nvidia-tesla-t4": ("T4", 16),
+    "nvidia-l4": ("L4", 24),
+    "nvidia-tesla-a100": ("A100", 40),
+    "nvidia-a100-80gb": ("A100", 80),
+    "nvidia-h100-80gb": ("H100 SXM", 80),  # A3 machines carry SXM parts
+    "nvidia-h100-mega-80gb": ("H100 SXM", 80),
+    "nvidia-h200-141gb": ("H200", 141),
+    "nvidia-tesla-v100": ("V100", 16),
 }
 # N1 shapes offered with T4s attached (GCP allows 1, 2 or 4 T4s on N1).
 N1_T4_SHAPES = (("n1-standard-8", 1), ("n1-standard-16", 2), ("n1-standard-32", 4))
@@ -294,7 +295,9 @@ class GcpProvider:
                         provider=self.name,
                         region=m.zone.rsplit("/", 1)[-1],
                         instance_type=m.name,
-                        gpu=ACCELERATORS.get(acc.guest_accelerator_type, acc.guest_accelerator_type),
+                        gpu=canonical_gpu(
+                            *ACCELERATORS.get(acc.guest_accelerator_type, (acc.guest_accelerator_type, 0))
+                        ),
                         gpu_count=int(acc.guest_accelerator_count),
                         kind=kind,
                         price_per_hour=None,

@@ -108,7 +108,7 @@ def test_offerings_from_instance_types(fake, settings, clock):
         1.29,
         True,
     )
-    assert (h100.region, h100.gpu, h100.gpu_count, h100.available) == ("", "H100-80GB", 8, False)
+    assert (h100.region, h100.gpu, h100.gpu_count, h100.available) == ("", "H100-SXM", 8, False)
     assert a100.source.endswith("/instance-types") and a100.fetched_at
     assert fake.errors == []
 

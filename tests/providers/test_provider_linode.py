@@ -121,8 +121,8 @@ def _offering() -> Offering:
 def test_offerings_gpu_types_in_gpu_regions(fake, settings, clock):
     offs = _provider(fake, settings, clock).offerings()
     assert [(o.region, o.instance_type, o.gpu, o.price_per_hour) for o in offs] == [
-        ("us-east", "g1-gpu-rtx6000-1", "RTX6000", 1.5),
-        ("br-gru", "g1-gpu-rtx6000-1", "RTX6000", 1.8),  # region price override
+        ("us-east", "g1-gpu-rtx6000-1", "Quadro-RTX6000", 1.5),
+        ("br-gru", "g1-gpu-rtx6000-1", "Quadro-RTX6000", 1.8),  # region price override
     ]
     assert fake.errors == []
 

@@ -223,6 +223,8 @@ def render_endpoint(request: EndpointRequest, namespace: str) -> dict[str, Any]:
             "spec": {
                 "replicas": max(1, request.min_workers),
                 "selector": {"matchLabels": selector},
+                # Replace one replica at a time without a surge: an update never needs a spare GPU.
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
                 "template": {"metadata": {"labels": lbl}, "spec": pod_spec},
             },
         },

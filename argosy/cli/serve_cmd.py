@@ -39,7 +39,12 @@ def _wait_ready(client: ArgosyClient, name: str, timeout: float) -> dict[str, An
                     fix=f"see `argosy logs {name}`; fix the cause, then `argosy destroy {name}` and deploy again",
                 )
             live = [r for r in d["replicas"] if r["state"] not in ("failed", "terminated", "preempted")]
-            if live:
+            if d["ready_replicas"] and not d["endpoint"]:
+                last = client.events(deployment=name)[-1:]
+                status.update(
+                    f"'{name}': replica ready, waiting for the router — {last[0]['reason'] if last else ''}"
+                )
+            elif live:
                 r = live[-1]
                 msg = (r.get("workload") or {}).get("message") or r["reason"]
                 status.update(f"'{name}': replica {r['state']} — {msg}")

@@ -61,6 +61,9 @@ def test_deploy_stream_crash_replace_destroy(env: dict[str, str], tiny: Path, ho
     pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 2  # really streamed, chunk by chunk
 
+    logs = run_cli("logs", "tiny", env=env, timeout=60)
+    assert logs.returncode == 0 and "listening on" in logs.stdout  # llama-server's own log, via the agent
+
     first = dep["replicas"][0]
     engine_pid = first["workload"]["pid"]
     agent_pid = proc.read_pidfile(home / "run" / "agent-local.pid")
@@ -105,3 +108,39 @@ def test_deploy_stream_crash_replace_destroy(env: dict[str, str], tiny: Path, ho
     assert (
         cost["deployments"][0]["seconds"] > 0
     )  # replica time was recorded (at the local price, $0 by default)
+
+
+def test_engine_that_fails_to_start_shows_its_last_log_lines(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + bytes(range(256)) * 16)  # a GGUF header and then garbage
+    res = run_cli("deploy", str(bad), "--name", "broken", env=env, timeout=2000)
+    assert res.returncode == 1
+    assert "failed to start 2 times" in res.stderr
+    assert "engine exited with code" in res.stderr
+    assert "failed to load model" in res.stderr  # llama-server's own words, from its log
+    assert "argosy logs broken" in res.stderr  # the fix line
+    res = run_cli("destroy", "broken", env=env, timeout=180)
+    assert res.returncode == 0, res.stderr
+
+
+def test_server_restart_resumes_the_deployment(env: dict[str, str], tiny: Path) -> None:
+    assert run_cli("deploy", str(tiny), "--name", "tiny", env=env, timeout=2000).returncode == 0
+    before = cli_json("status", "tiny", env=env)
+    assert run_cli("server", "stop", env=env, timeout=120).returncode == 0
+    assert not proc.alive(before["router"]["pid"])  # the server stopped what it ran on this machine
+
+    # Any command starts the server again; the reconciler brings the deployment back from the store.
+    def ready():  # type: ignore[no-untyped-def]
+        d = cli_json("status", "tiny", env=env)
+        return d if d["ready_replicas"] == 1 and d["endpoint"] else None
+
+    after = _wait(ready, 180, "the deployment to come back after a server restart")
+    assert after["router"]["port"] == before["router"]["port"]  # same endpoint for clients
+    from openai import OpenAI
+
+    reply = OpenAI(base_url=after["endpoint"], api_key="x").chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "back?"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+    reasons = [e["reason"] for e in after["events"]]
+    assert "server shut down; recreated at next start" in reasons

@@ -15,7 +15,7 @@ from argosy.core.ids import new_id, valid_name
 from argosy.providers.base import InstanceRequest, Instances, Offerings
 from argosy.providers.registry import PROVIDERS
 from argosy.serve.engine_glue import parse_engine_args
-from argosy.serve.reconciler import offering_dict
+from argosy.serve.reconciler import offering_dict, router_table
 from argosy.store.events import transition
 from argosy.store.ledger import totals
 from argosy.store.models import Deployment, Replica
@@ -197,9 +197,11 @@ def destroy(s: Session, name: str, now: float) -> Deployment:
 
 
 def describe(s: Session, dep: Deployment) -> dict[str, Any]:
-    replicas = s.scalars(
-        select(Replica).where(Replica.deployment_id == dep.id).order_by(Replica.created_at)
-    ).all()
+    replicas = list(
+        s.scalars(select(Replica).where(Replica.deployment_id == dep.id).order_by(Replica.created_at))
+    )
+    table, version = router_table(replicas)
+    routed = bool(dep.router_port and dep.state == "active" and table and version == dep.router_table_version)
     return {
         "id": dep.id,
         "name": dep.name,
@@ -209,9 +211,8 @@ def describe(s: Session, dep: Deployment) -> dict[str, Any]:
         "state": dep.state,
         "desired_replicas": dep.replicas,
         "ready_replicas": sum(1 for r in replicas if r.state == "ready"),
-        "endpoint": f"http://127.0.0.1:{dep.router_port}/v1"
-        if dep.router_port and dep.state == "active"
-        else None,
+        # Shown once the router holds the current ready set, so a client that sees it can use it.
+        "endpoint": f"http://127.0.0.1:{dep.router_port}/v1" if routed else None,
         "offering": dep.spec.get("offering"),
         "router": {"pid": dep.router_pid, "port": dep.router_port},
         "created_at": dep.created_at,

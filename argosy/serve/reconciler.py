@@ -56,6 +56,16 @@ def offering_dict(o: Offering) -> dict[str, Any]:
     return {**asdict(o), "key": o.key}
 
 
+def router_table(replicas: list[Replica]) -> tuple[list[dict[str, Any]], str]:
+    """The backend table for a deployment's router, and its version (a hash)."""
+    table = [
+        {"name": r.id, "url": r.url, "tier": "primary", "weight": 1}
+        for r in replicas
+        if r.state == "ready" and r.url
+    ]
+    return table, hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
+
+
 class DeploymentReconciler:
     def __init__(
         self,
@@ -349,12 +359,7 @@ class DeploymentReconciler:
                 now,
                 dep.id,
             )
-        table = [
-            {"name": r.id, "url": r.url, "tier": "primary", "weight": 1}
-            for r in replicas
-            if r.state == "ready" and r.url
-        ]
-        version = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
+        table, version = router_table(replicas)
         if version == dep.router_table_version:
             return
         try:

@@ -77,7 +77,7 @@ def test_deploy_stream_crash_replace_destroy(env: dict[str, str], tiny: Path, ho
     def replaced():  # type: ignore[no-untyped-def]
         d = cli_json("status", "tiny", env=env)
         states = {r["id"]: r for r in d["replicas"]}
-        if states[first["id"]]["state"] == "failed" and d["ready_replicas"] == 1:
+        if states[first["id"]]["state"] == "failed" and d["ready_replicas"] == 1 and d["endpoint"]:
             return d
         return None
 

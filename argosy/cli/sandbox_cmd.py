@@ -50,13 +50,21 @@ def _exit_code(res: ExecResult) -> int:
     return 128 + (res.signal or 9)
 
 
-def _print_result(res: ExecResult, fmt: str) -> None:
+def _stream_to_terminal(stream: str, chunk: bytes) -> None:
+    out = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+    out.write(chunk)
+    out.flush()
+
+
+def _print_result(res: ExecResult, fmt: str, streamed: bool = False) -> None:
     if fmt == "json":
         emit_json(res.model_dump())
         return
-    sys.stdout.write(res.stdout)
-    sys.stdout.flush()
-    sys.stderr.write(res.stderr)
+    # Streamed runs printed their output as it came; the compiler's output is never streamed.
+    if not streamed or res.status == "compile_error":
+        sys.stdout.write(res.stdout)
+        sys.stdout.flush()
+        sys.stderr.write(res.stderr)
     notes = {
         "timed_out": "killed: time limit reached",
         "oom_killed": "killed: memory limit reached",
@@ -124,8 +132,9 @@ def register(app: typer.Typer) -> None:
             network=network,
             max_output_bytes=max_output,
         )
-        res = _runner(local).execute(req)
-        _print_result(res, output)
+        streamed = output == "text"
+        res = _runner(local).execute(req, on_output=_stream_to_terminal if streamed else None)
+        _print_result(res, output, streamed)
         # sys.exit, not typer.Exit: the app runs with standalone_mode=False, which drops Exit codes.
         sys.exit(_exit_code(res))
 

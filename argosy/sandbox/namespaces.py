@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ INSIDE_UID = 65534
 WORK = "/work"
 CTL = "/run/argosy"  # read-only inside: the command script and stdin, written by the agent
 READ_CHUNK = 65536
+OutputSink = Callable[[str, bytes], None]
 PRLIMIT = "/usr/bin/prlimit"  # util-linux: essential on Debian and Ubuntu
 
 
@@ -91,8 +93,12 @@ class Prepared:
         limits: Limits,
         env: dict[str, str] | None = None,
         stdin: bytes | None = None,
+        on_output: OutputSink | None = None,
     ) -> ProcessResult:
-        """Run `argv` in /work under `limits`; returns when it exits, is killed, or floods its output."""
+        """Run `argv` in /work under `limits`; returns when it exits, is killed, or floods its output.
+
+        `on_output(stream, chunk)` sees each kept chunk ("stdout"/"stderr") as it arrives (for SSE).
+        """
         if self.closed or not self.alive():
             raise SandboxError(
                 "this sandbox is no longer usable", fix="retry; a fresh sandbox will be started"
@@ -100,7 +106,7 @@ class Prepared:
         try:
             self._write_command([*self.backend.rlimit_argv(self, limits), *argv], env or {}, stdin)
             self.backend.apply_limits(self, limits)
-            return self._run(limits)
+            return self._run(limits, on_output)
         finally:
             self.close()
 
@@ -117,10 +123,11 @@ class Prepared:
         script.write_text("\n".join(lines) + "\n")
         script.chmod(0o644)
 
-    def _run(self, limits: Limits) -> ProcessResult:
+    def _run(self, limits: Limits, on_output: OutputSink | None = None) -> ProcessResult:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         cap = limits.max_output_bytes
         out = {self.proc.stdout.fileno(): bytearray(), self.proc.stderr.fileno(): bytearray()}
+        names = {self.proc.stdout.fileno(): "stdout", self.proc.stderr.fileno(): "stderr"}
         total = 0
         truncated = timed_out = False
         sel = selectors.DefaultSelector()
@@ -149,6 +156,8 @@ class Prepared:
                         continue
                     keep = max(0, cap - total)
                     out[fd] += chunk[:keep]
+                    if on_output is not None and keep:
+                        on_output(names[fd], chunk[:keep])
                     total += len(chunk)
                     if total > cap:
                         truncated = True

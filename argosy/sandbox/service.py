@@ -32,7 +32,14 @@ from argosy.sandbox.models import (
     SessionInfo,
     check_relative_path,
 )
-from argosy.sandbox.namespaces import NamespacesBackend, Prepared, ProcessResult, read_inside, write_inside
+from argosy.sandbox.namespaces import (
+    NamespacesBackend,
+    OutputSink,
+    Prepared,
+    ProcessResult,
+    read_inside,
+    write_inside,
+)
 
 MAX_DOWNLOAD_BYTES = 64 * 2**20
 REAP_GRACE_S = 2.0
@@ -55,7 +62,7 @@ def backends() -> Registry:
 
 
 class SandboxRunner(Protocol):
-    def execute(self, req: ExecRequest) -> ExecResult: ...
+    def execute(self, req: ExecRequest, on_output: OutputSink | None = None) -> ExecResult: ...
     def create_session(self, req: SessionCreate) -> SessionInfo: ...
     def exec_session(self, session_id: str, req: SessionExec) -> ExecResult: ...
     def get_session(self, session_id: str) -> SessionInfo: ...
@@ -286,10 +293,11 @@ class LocalRunner:
         limits: Limits,
         env: dict[str, str],
         stdin: bytes | None,
+        on_output: OutputSink | None = None,
     ) -> ProcessResult:
         self._track(run_id, prepared, limits)
         try:
-            res = prepared.start(argv, limits, env=env, stdin=stdin)
+            res = prepared.start(argv, limits, env=env, stdin=stdin, on_output=on_output)
         finally:
             reaped = self._untrack(run_id)
         if reaped:
@@ -306,6 +314,7 @@ class LocalRunner:
         stdin: bytes | None,
         network: bool,
         workdir: Path | None,
+        on_output: OutputSink | None = None,
     ) -> ExecResult:
         env = dict(lang.spec.env)
         compile_out: CompileOutput | None = None
@@ -371,7 +380,7 @@ class LocalRunner:
                 raise
             argv = lang.argv(lang.spec.run, lang.spec.file) + list(args)
             try:
-                res = self._start(run_id, prepared_run, argv, limits, env, stdin)
+                res = self._start(run_id, prepared_run, argv, limits, env, stdin, on_output)
             finally:
                 if warm:
                     self.pool.refill()
@@ -409,7 +418,8 @@ class LocalRunner:
             },
         )
 
-    def execute(self, req: ExecRequest) -> ExecResult:
+    def execute(self, req: ExecRequest, on_output: OutputSink | None = None) -> ExecResult:
+        """Run once. `on_output(stream, chunk)` gets the run step's output as it comes (not the compiler's)."""
         lang = self._language(req.language, req.version)
         limits = self._request_limits(lang, req)
         files = {k: v.encode() for k, v in (req.files or {}).items()}
@@ -422,7 +432,9 @@ class LocalRunner:
             )
         stdin = req.stdin.encode() if req.stdin is not None else None
         with self.admission.slot():
-            return self._run_language(new_id("run"), lang, files, limits, req.args, stdin, req.network, None)
+            return self._run_language(
+                new_id("run"), lang, files, limits, req.args, stdin, req.network, None, on_output
+            )
 
     # -- sessions ----------------------------------------------------------------------------------
 

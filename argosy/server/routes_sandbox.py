@@ -9,13 +9,17 @@ while the admission queue bounds how many do.
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import json
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import fastapi
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from argosy.core.errors import ArgosyError
 from argosy.sandbox.errors import SandboxBusyError
@@ -61,10 +65,50 @@ def _answer(fn: Callable[[], T]) -> T | JSONResponse:
 
 
 @router.post("/sandbox/execute", response_model=ExecResult)
-def execute(req: ExecRequest, request: Request) -> Any:
-    """Run code once in a fresh sandbox."""
+def execute(req: ExecRequest, request: Request, stream: bool = False) -> Any:
+    """Run code once in a fresh sandbox. `?stream=true` answers with SSE: `stdout` / `stderr` events
+    as output arrives, then one `result` event (the same JSON as without streaming) or `error`."""
     runner = runner_of(request)
-    return _answer(lambda: runner.execute(req))
+    if not stream:
+        return _answer(lambda: runner.execute(req))
+    return StreamingResponse(
+        _sse(runner, req), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _event(name: str, data: Any) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _sse(runner: SandboxRunner, req: ExecRequest) -> AsyncIterator[bytes]:
+    # The run blocks, so it gets its own thread, which must outlive the run: bwrap's
+    # --die-with-parent is tied to the thread that started it. The queue holds at most the
+    # output cap's worth of chunks plus one result.
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("stdout", "stderr")}
+
+    def on_output(stream_name: str, chunk: bytes) -> None:
+        text = decoders[stream_name].decode(chunk)
+        if text:
+            events.put((stream_name, {"text": text}))
+
+    def work() -> None:
+        try:
+            res = runner.execute(req, on_output=on_output)
+            events.put(("result", res.model_dump()))
+        except ArgosyError as exc:
+            events.put(("error", exc.to_dict() | {"status": exc.http_status}))
+        except Exception as exc:  # the stream must end with an event, whatever happened
+            events.put(
+                ("error", {"error": type(exc).__name__, "message": str(exc), "fix": None, "status": 500})
+            )
+
+    threading.Thread(target=work, name="sandbox-sse", daemon=True).start()
+    while True:
+        name, data = await asyncio.to_thread(events.get)
+        yield _event(name, data)
+        if name in ("result", "error"):
+            return
 
 
 @router.get("/sandbox/doctor")

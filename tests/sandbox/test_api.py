@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -171,3 +172,51 @@ def test_doctor(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
     assert body["backends"]["namespaces"]["available"]
     assert not body["backends"]["microvm"]["available"] and body["backends"]["microvm"]["reason"]
     assert body["languages"]["python"]["available"]
+
+
+def test_execute_streams_server_sent_events(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, _, _ = api
+    code = "import sys, time\nprint('one', flush=True)\nprint('oops', file=sys.stderr, flush=True)\ntime.sleep(0.2)\nprint('two')"
+    with client.stream("POST", "/api/v1/sandbox/execute?stream=true", json={"code": code}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    events = [(lines[i][7:], json.loads(lines[i + 1][6:])) for i in range(0, len(lines), 2)]
+    names = [e for e, _ in events]
+    assert names[-1] == "result" and events[-1][1]["stdout"] == "one\ntwo\n"
+    assert "".join(d["text"] for e, d in events if e == "stdout") == "one\ntwo\n"
+    assert "".join(d["text"] for e, d in events if e == "stderr") == "oops\n"
+    assert names.index("stdout") < names.index("result")
+
+
+def test_streamed_errors_end_the_stream(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    client, _, _ = api
+    with client.stream(
+        "POST", "/api/v1/sandbox/execute?stream=true", json={"code": "1", "language": "cobol"}
+    ) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[0] == "event: error"
+    body = json.loads(lines[1][6:])
+    assert body["status"] == 404 and body["fix"]
+
+
+def test_remote_runner_speaks_the_api(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    from argosy.client import ArgosyClient
+    from argosy.sandbox.models import ExecRequest, SessionCreate, SessionExec
+    from argosy.sandbox.remote import RemoteRunner
+
+    client, _, _ = api
+    sdk = ArgosyClient("http://testserver", None)
+    sdk._http = client  # the TestClient is an httpx.Client bound to the app
+    remote = RemoteRunner(sdk)
+    assert remote.execute(ExecRequest(code="print(2)")).stdout == "2\n"
+    chunks: list[tuple[str, bytes]] = []
+    res = remote.execute(ExecRequest(code="print(3)"), on_output=lambda s, c: chunks.append((s, c)))
+    assert res.stdout == "3\n" and chunks == [("stdout", b"3\n")]
+    info = remote.create_session(SessionCreate(ttl_s=60))
+    remote.put_file(info.id, "a b.txt", b"x")
+    assert remote.exec_session(info.id, SessionExec(command=["cat", "a b.txt"])).stdout == "x"
+    assert remote.get_file(info.id, "a b.txt") == b"x"
+    assert remote.get_session(info.id).files == 1
+    remote.delete_session(info.id)
+    assert remote.list_sessions() == []
+    assert remote.doctor()["backends"]["namespaces"]["available"]

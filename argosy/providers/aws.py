@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from argosy.catalog.types import Offering
@@ -52,40 +53,50 @@ DEFAULT_AMI = (
 FAMILIES = ("g4dn.*", "g5.*", "g6.*", "p4d.*", "p5.*")
 SECURITY_GROUP = "argosy-nodes"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
-_STATES: dict[str, InstanceState] = {
-    "pending": "provisioning",
-    "running": "running",
-    "shutting-down": "terminated",
-    "terminated": "terminated",
-    "stopping": "terminated",  # shutdown behaviour is terminate: a stopping node is on its way out
-    "stopped": "failed",
-}
-_CAPACITY = {
-    "InsufficientInstanceCapacity",
-    "InsufficientCapacity",
-    "InsufficientHostCapacity",
-    "InsufficientReservedInstanceCapacity",
-    "SpotMaxPriceTooLow",
-    "Unsupported",
-}
-_QUOTA = {
-    "InstanceLimitExceeded",
-    "VcpuLimitExceeded",
-    "MaxSpotInstanceCountExceeded",
-    "SpotInstanceLimitExceeded",
-}
-_AUTH = {
-    "AuthFailure",
-    "UnauthorizedOperation",
-    "InvalidClientTokenId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "AccessDenied",
-    "AccessDeniedException",
-    "OptInRequired",
-}
-_THROTTLE = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
-_NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+_STATES: Mapping[str, InstanceState] = MappingProxyType(
+    {
+        "pending": "provisioning",
+        "running": "running",
+        "shutting-down": "terminated",
+        "terminated": "terminated",
+        "stopping": "terminated",  # shutdown behaviour is terminate: a stopping node is on its way out
+        "stopped": "failed",
+    }
+)
+_CAPACITY = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientReservedInstanceCapacity",
+        "SpotMaxPriceTooLow",
+        "Unsupported",
+    }
+)
+_QUOTA = frozenset(
+    {
+        "InstanceLimitExceeded",
+        "VcpuLimitExceeded",
+        "MaxSpotInstanceCountExceeded",
+        "SpotInstanceLimitExceeded",
+    }
+)
+_AUTH = frozenset(
+    {
+        "AuthFailure",
+        "UnauthorizedOperation",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "AccessDenied",
+        "AccessDeniedException",
+        "OptInRequired",
+    }
+)
+_THROTTLE = frozenset(
+    {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
+)
+_NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 QUOTAS_URL = "https://console.aws.amazon.com/servicequotas/home/services/ec2/quotas"
 
 

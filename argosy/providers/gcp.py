@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from argosy.catalog.types import Offering
@@ -52,28 +53,32 @@ PROJECT_VARS = ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT
 DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
 GPU_FAMILIES = ("a2", "a3", "g2")
 # GCP accelerator type -> a spelling and memory the catalog's GPU table resolves (canonical_gpu).
-ACCELERATORS: dict[str, tuple[str, float]] = {
-    "nvidia-tesla-t4": ("T4", 16),
-    "nvidia-l4": ("L4", 24),
-    "nvidia-tesla-a100": ("A100", 40),
-    "nvidia-a100-80gb": ("A100", 80),
-    "nvidia-h100-80gb": ("H100 SXM", 80),  # A3 machines carry SXM parts
-    "nvidia-h100-mega-80gb": ("H100 SXM", 80),
-    "nvidia-h200-141gb": ("H200", 141),
-    "nvidia-tesla-v100": ("V100", 16),
-}
+ACCELERATORS: Mapping[str, tuple[str, float]] = MappingProxyType(
+    {
+        "nvidia-tesla-t4": ("T4", 16),
+        "nvidia-l4": ("L4", 24),
+        "nvidia-tesla-a100": ("A100", 40),
+        "nvidia-a100-80gb": ("A100", 80),
+        "nvidia-h100-80gb": ("H100 SXM", 80),  # A3 machines carry SXM parts
+        "nvidia-h100-mega-80gb": ("H100 SXM", 80),
+        "nvidia-h200-141gb": ("H200", 141),
+        "nvidia-tesla-v100": ("V100", 16),
+    }
+)
 # N1 shapes offered with T4s attached (GCP allows 1, 2 or 4 T4s on N1).
 N1_T4_SHAPES = (("n1-standard-8", 1), ("n1-standard-16", 2), ("n1-standard-32", 4))
-_STATES: dict[str, InstanceState] = {
-    "PROVISIONING": "provisioning",
-    "STAGING": "provisioning",
-    "RUNNING": "running",
-    "REPAIRING": "unknown",
-    "STOPPING": "terminated",
-    "SUSPENDING": "unknown",
-    "SUSPENDED": "failed",
-    "TERMINATED": "terminated",
-}
+_STATES: Mapping[str, InstanceState] = MappingProxyType(
+    {
+        "PROVISIONING": "provisioning",
+        "STAGING": "provisioning",
+        "RUNNING": "running",
+        "REPAIRING": "unknown",
+        "STOPPING": "terminated",
+        "SUSPENDING": "unknown",
+        "SUSPENDED": "failed",
+        "TERMINATED": "terminated",
+    }
+)
 _CAPACITY_CODES = (
     "ZONE_RESOURCE_POOL_EXHAUSTED",
     "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
@@ -92,6 +97,16 @@ def translate(exc: Exception) -> ProviderError | None:
     from google.api_core import exceptions as gexc
 
     if not isinstance(exc, gexc.GoogleAPICallError):
+        import requests
+
+        if isinstance(exc, requests.RequestException):  # the REST transport's timeouts and resets
+            return transient(
+                ProviderError(
+                    f"gcp: cannot reach the API: {type(exc).__name__}",
+                    fix="check your network",
+                    provider="gcp",
+                )
+            )
         if isinstance(exc, gexc.RetryError):
             return transient(ProviderError(f"gcp: {exc}", provider="gcp"))
         try:
@@ -469,17 +484,22 @@ class GcpProvider:
     def list(self) -> list[Instance]:
         compute_v1 = import_sdk("google.cloud.compute_v1", "gcp")
 
-        def fetch() -> list[tuple[str, Any]]:
-            req = compute_v1.AggregatedListInstancesRequest(
-                project=self._project(), filter=f'labels.{MANAGED_LABEL} = "true"'
-            )
+        def fetch(filtered: bool) -> list[tuple[str, Any]]:
+            req = compute_v1.AggregatedListInstancesRequest(project=self._project())
+            if filtered:
+                req.filter = f'labels.{MANAGED_LABEL} = "true"'
             pages = self._client("InstancesClient").aggregated_list(request=req)
             return [(scope.rsplit("/", 1)[-1], i) for scope, scoped in pages for i in scoped.instances]
 
-        # The filter runs server-side; the label is checked again so cleanup can never touch others.
-        return [
-            _to_instance(i, zone) for zone, i in self._call(fetch) if i.labels.get(MANAGED_LABEL) == "true"
-        ]
+        try:
+            found = self._call(lambda: fetch(True))
+        except ProviderError as exc:
+            if "HTTP 400" not in exc.message:
+                raise
+            # The filter runs server-side only as an optimisation: if the API rejects it, list all.
+            found = self._call(lambda: fetch(False))
+        # The label is checked again here so cleanup can never touch other resources.
+        return [_to_instance(i, zone) for zone, i in found if i.labels.get(MANAGED_LABEL) == "true"]
 
     def terminate(self, instance_id: str) -> None:
         zone, name = self._split(instance_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -35,14 +36,16 @@ from argosy.providers.common import (
 )
 
 KEY_VARS = ("LAMBDA_API_KEY", "LAMBDA_CLOUD_API_KEY")
-_STATES: dict[str, InstanceState] = {
-    "booting": "provisioning",
-    "active": "running",
-    "unhealthy": "unknown",
-    "terminating": "terminated",
-    "terminated": "terminated",
-    "preempted": "preempted",
-}
+_STATES: Mapping[str, InstanceState] = MappingProxyType(
+    {
+        "booting": "provisioning",
+        "active": "running",
+        "unhealthy": "unknown",
+        "terminating": "terminated",
+        "terminated": "terminated",
+        "preempted": "preempted",
+    }
+)
 
 
 class LambdaProvider:

@@ -10,9 +10,11 @@ No spot market.
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import secrets
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from argosy.catalog.types import Offering
@@ -48,6 +50,7 @@ TOKENS_URL = "https://cloud.linode.com/profile/tokens"
 DEFAULT_BASE_URL = "https://api.linode.com/v4"
 DEFAULT_IMAGE = "linode/ubuntu22.04"
 FIREWALL_LABEL = "argosy-nodes"
+# Copied into each plan (deepcopy) so a caller editing a plan cannot change the next one.
 FIREWALL_RULES: dict[str, Any] = {
     "inbound_policy": "DROP",
     "outbound_policy": "ACCEPT",
@@ -62,15 +65,17 @@ FIREWALL_RULES: dict[str, Any] = {
     ],
     "outbound": [],
 }
-_STATES: dict[str, InstanceState] = {
-    "provisioning": "provisioning",
-    "booting": "provisioning",
-    "running": "running",
-    "offline": "failed",
-    "stopped": "failed",
-    "shutting_down": "terminated",
-    "deleting": "terminated",
-}
+_STATES: Mapping[str, InstanceState] = MappingProxyType(
+    {
+        "provisioning": "provisioning",
+        "booting": "provisioning",
+        "running": "running",
+        "offline": "failed",
+        "stopped": "failed",
+        "shutting_down": "terminated",
+        "deleting": "terminated",
+    }
+)
 _CAPACITY = ("capacity", "out of stock", "not available in this region", "sold out", "unavailable in")
 _QUOTA = ("limit", "exceed", "not authorized to create gpu", "contact support")
 
@@ -254,7 +259,10 @@ class LinodeProvider:
             provider=self.name,
             action="provision",
             offering=off,
-            payload={"instance": body, "firewall": {"label": FIREWALL_LABEL, "rules": FIREWALL_RULES}},
+            payload={
+                "instance": body,
+                "firewall": {"label": FIREWALL_LABEL, "rules": copy.deepcopy(FIREWALL_RULES)},
+            },
             artifacts={"cloud-init": cloud_init},
             estimated_cost_per_hour=off.price_per_hour,
             notes=notes,

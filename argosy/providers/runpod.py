@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -40,7 +41,7 @@ from argosy.providers.common import (
 KEY_VARS = ("RUNPOD_API_KEY",)
 # An image with python3, pip and CUDA; override with ARGOSY_RUNPOD_IMAGE.
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
-CLOUDS = {"secure": "SECURE", "community": "COMMUNITY"}
+CLOUDS: Mapping[str, str] = MappingProxyType({"secure": "SECURE", "community": "COMMUNITY"})
 # Pod env keys that mark a pod as ours; pods have no labels, env is what the API returns.
 MANAGED_ENV = "ARGOSY_MANAGED"
 START_CMD = "bash -c 'echo \"$ARGOSY_BOOTSTRAP\" | base64 -d | bash; sleep infinity'"

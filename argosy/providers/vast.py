@@ -9,6 +9,7 @@ so placement moves to the next one. Instances are containers; the bootstrap scri
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -36,14 +37,16 @@ from argosy.providers.common import (
 KEY_VARS = ("VAST_API_KEY",)
 DEFAULT_IMAGE = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime"
 # Verified, rentable hosts only: unverified hosts fail often enough to waste a placement attempt.
-SEARCH = {
-    "verified": {"eq": True},
-    "rentable": {"eq": True},
-    "rented": {"eq": False},
-    "num_gpus": {"gte": 1},
-    "type": "on-demand",
-    "order": [["dph_total", "asc"]],
-}
+SEARCH: Mapping[str, Any] = MappingProxyType(
+    {
+        "verified": {"eq": True},
+        "rentable": {"eq": True},
+        "rented": {"eq": False},
+        "num_gpus": {"gte": 1},
+        "type": "on-demand",
+        "order": [["dph_total", "asc"]],
+    }
+)
 
 
 class VastProvider:

@@ -281,3 +281,17 @@ def test_rate_limited_then_ok(fake, settings, clock):
 def test_preflight_without_project(settings, clock):
     checks = GcpProvider(settings, clock, env={}).preflight()
     assert not checks[0].ok and "GOOGLE_CLOUD_PROJECT" in checks[0].fix
+
+
+def test_list_falls_back_when_the_filter_is_rejected(fake, settings, clock):
+    mine = _vm("RUNNING")
+    theirs = _vm("RUNNING", labels={"team": "web"}, name="web-1")
+    fake.route(
+        "GET",
+        f"{BASE}/aggregated/instances",
+        Reply(400, {"error": {"code": 400, "message": "Invalid filter"}}),
+        Reply(200, {"items": {f"zones/{ZONE}": {"instances": [mine, theirs]}}}),
+    )
+    assert [i.instance_id for i in _provider(fake, settings, clock).list()] == [f"{ZONE}/argosy-llama-1"]
+    calls = [c for c in fake.calls if c.path.endswith("aggregated/instances")]
+    assert "filter" in calls[0].query and "filter" not in calls[1].query

@@ -146,8 +146,8 @@ def kube(fake_api, settings, clock):
     fake = FakeKube()
     server = fake_api(fake)
     cfg = client.Configuration(host=server.url)
-    cfg.api_key = {"authorization": "kube-token"}
-    cfg.api_key_prefix = {"authorization": "Bearer"}
+    # As kubeconfig loading does: the whole header value, prefix included (works across client versions).
+    cfg.api_key = {"authorization": "Bearer kube-token"}
     p = KubernetesProvider(settings, clock, env={}, api_client=client.ApiClient(cfg))
     return p, fake, server
 
@@ -280,7 +280,7 @@ def test_errors_for_people(kube, fake_api, settings, clock):
     assert not checks[-1].ok and "kubectl create namespace argosy" in (checks[-1].fix or "")
     server = fake_api(FakeKube(token="other"))
     cfg = client.Configuration(host=server.url)
-    cfg.api_key, cfg.api_key_prefix = {"authorization": "wrong"}, {"authorization": "Bearer"}
+    cfg.api_key = {"authorization": "Bearer wrong"}
     bad = KubernetesProvider(settings, clock, env={}, api_client=client.ApiClient(cfg))
     with pytest.raises(ProviderAuthError):
         bad.endpoint_status("argosy/argosy-chat")

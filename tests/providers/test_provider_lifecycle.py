@@ -106,3 +106,11 @@ def test_registry_lists_the_cloud_providers(settings):
     for name in ("lambda", "runpod", "vast", "linode", "gcp", "aws"):
         assert name in PROVIDERS.names()
         assert get_provider(name, settings).name == name
+
+
+def test_missing_sdk_names_the_extra():
+    from argosy.providers.common import import_sdk
+
+    with pytest.raises(ArgosyError) as info:
+        import_sdk("argosy_no_such_sdk_module", "gcp")
+    assert info.value.fix == "pip install 'argosy[gcp]'"

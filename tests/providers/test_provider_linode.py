@@ -197,3 +197,19 @@ def test_rate_limit_retry_after(fake, settings, clock):
     start = clock.now()
     assert _provider(fake, settings, clock).list() == []
     assert clock.now() - start == 5
+
+
+def test_server_errors_are_retried_for_reads(fake, settings, clock):
+    fake.route(
+        "GET",
+        "/v4/linode/instances",
+        Reply(503, {"errors": [{"reason": "Service Unavailable"}]}),
+        Reply(200, page([])),
+    )
+    assert _provider(fake, settings, clock).list() == []
+    assert sum(1 for c in fake.calls if c.path == "/v4/linode/instances") == 2
+
+
+def test_missing_token_says_what_to_set(settings, clock):
+    checks = LinodeProvider(settings, clock, env={}).preflight()
+    assert not checks[0].ok and "LINODE_TOKEN" in checks[0].fix

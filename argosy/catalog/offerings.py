@@ -51,7 +51,6 @@ def _snapshot() -> tuple[Offering, ...]:
             raise ConfigError(
                 f"{SNAPSHOT_FILE}: row {n} has kind '{row['kind']}'", fix=f"use one of {', '.join(KINDS)}"
             )
-        extra = {"tier": row["tier"]} if row["tier"] else {}
         out.append(
             Offering(
                 provider=row["provider"],
@@ -66,7 +65,8 @@ def _snapshot() -> tuple[Offering, ...]:
                 per_second_billing=_bool(row["per_second_billing"]),
                 source=row["source"],
                 fetched_at=row["fetched_at"],
-                extra={**extra, "origin": "snapshot"},
+                tier=row["tier"],
+                extra={"origin": "snapshot"},
             )
         )
     return tuple(out)
@@ -79,8 +79,7 @@ def snapshot_offerings() -> list[Offering]:
 
 def offering_key(o: Offering) -> str:
     """Unique per offering: the dataclass `key` plus the tier (RunPod secure vs community share names)."""
-    tier = o.extra.get("tier", "")
-    return f"{o.key}/{tier}" if tier else o.key
+    return f"{o.key}/{o.tier}" if o.tier else o.key
 
 
 # -- the live-price cache ------------------------------------------------------------------------

@@ -26,6 +26,9 @@ class Offering:
     source: str = ""
     fetched_at: str = ""  # ISO date or datetime
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # A provider's sub-offer of the same instance type: RunPod "secure"/"community", Vast.ai
+    # "interruptible". Part of the identity (two tiers of one GPU type are two offerings).
+    tier: str = ""
 
     @property
     def key(self) -> str:

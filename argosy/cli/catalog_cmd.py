@@ -77,7 +77,7 @@ def offering_row(o: Offering, now: datetime, ttl_s: float) -> dict[str, Any]:
         "vcpus": o.vcpus,
         "ram_gb": o.ram_gb,
         "kind": o.kind,
-        "tier": o.extra.get("tier"),
+        "tier": o.tier or None,
         "price_per_hour": o.price_per_hour,
         "price_per_gpu_hour": round(per_gpu, 4) if per_gpu is not None else None,
         "per_second_billing": o.per_second_billing,

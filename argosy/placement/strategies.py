@@ -1,24 +1,32 @@
-"""Placement strategies by name. A strategy turns the eligible candidates' figures into a score:
-lower is better. Each is a pure function of (candidate figures, request, all candidates' figures)."""
+"""Placement strategies by name. A strategy scores an eligible offering: lower is better.
+
+Scores must not decrease as price rises among offerings that are otherwise alike (same group in the
+OfferingIndex): that lets placement walk each group cheapest-first and stop after the top few.
+Round-robin is the exception (`rotating`): it orders by a stable key and rotates by the caller's counter.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from argosy.catalog.types import Offering
 from argosy.core.errors import unknown_name
+from argosy.placement.index import OfferingGroup
 from argosy.placement.types import PlacementRequest
 
-# (offering, price $/h, gCO2/h, tokens/s or None) -> score
-Row = tuple[Offering, float, float, float | None]
-Scorer = Callable[[Sequence[Row], PlacementRequest], list[float]]
+# What prepare() sees of each eligible group: its cheapest price and its gCO2/h.
+GroupFigures = tuple[float, float]
+Context = Mapping[str, float]
+# (offering, $/h, gCO2/h, tokens/s or None, request, context) -> score
+Scorer = Callable[[Offering, float, float, float | None, PlacementRequest, Context], float]
 
 # Availability ranking: how likely the machine stays up. Interruptible capacity goes last;
 # marketplace/community hosts come after data-centre capacity of the same kind.
 _KIND_RISK = MappingProxyType({"local": 0.0, "vm": 1.0, "serverless": 2.0, "spot": 3.0})
 _TIER_RISK = MappingProxyType({"community": 0.5, "interruptible": 0.5})
+_RANK = 1e6  # a rank step outweighs any hourly price
 
 
 @dataclass(frozen=True)
@@ -26,63 +34,68 @@ class Strategy:
     name: str
     summary: str
     score: Scorer
+    prepare: Callable[[Sequence[GroupFigures], PlacementRequest], Context] | None = None
     needs_throughput: bool = False
+    rotating: bool = False
 
 
-def _cost(rows: Sequence[Row], _req: PlacementRequest) -> list[float]:
-    return [price for _, price, _, _ in rows]
+def _cost(
+    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
+) -> float:
+    return price
 
 
-def _cost_per_token(rows: Sequence[Row], _req: PlacementRequest) -> list[float]:
+def _cost_per_token(
+    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
+) -> float:
     # $ per million generated tokens; offerings with no throughput estimate sort last.
-    return [price / (tps * 3600) * 1e6 if tps else float("inf") for _, price, _, tps in rows]
+    return price / (tps * 3600) * 1e6 if tps else float("inf")
 
 
-def _carbon(rows: Sequence[Row], _req: PlacementRequest) -> list[float]:
-    # gCO2/h, with price as a tie-break a thousand times smaller than a gram.
-    return [g + price * 1e-3 for _, price, g, _ in rows]
+def _carbon(
+    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
+) -> float:
+    return g + price * 1e-3  # price only breaks ties: a dollar weighs a milligram
 
 
-def _balanced(rows: Sequence[Row], _req: PlacementRequest) -> list[float]:
-    # Each axis relative to its best candidate, equally weighted: 1.0 + 1.0 is the ideal.
-    best_price = min((p for _, p, _, _ in rows if p > 0), default=1.0)
-    best_g = min((g for _, _, g, _ in rows if g > 0), default=1.0)
-    return [max(p, best_price) / best_price + max(g, best_g) / best_g for _, p, g, _ in rows]
+def _balanced_prepare(groups: Sequence[GroupFigures], req: PlacementRequest) -> Context:
+    return {
+        "best_price": min((p for p, _ in groups if p > 0), default=1.0),
+        "best_g": min((g for _, g in groups if g > 0), default=1.0),
+    }
 
 
-def _priority(rows: Sequence[Row], req: PlacementRequest) -> list[float]:
-    order = {name: i for i, name in enumerate(req.priority)}
+def _balanced(
+    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
+) -> float:
+    # Each axis relative to its best candidate, equally weighted: 2.0 is the ideal.
+    bp, bg = ctx["best_price"], ctx["best_g"]
+    return max(price, bp) / bp + max(g, bg) / bg
+
+
+def _priority(
+    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
+) -> float:
+    order = req.priority
     last = len(order)
-    out = []
-    for o, price, _, _ in rows:
-        rank = min(
-            order.get(f"{o.provider}/{o.region}", last),
-            order.get(o.provider, last),
-            order.get(o.gpu or "", last),
-        )
-        out.append(rank * 1e6 + price)  # price breaks ties within a rank
-    return out
+    rank = last
+    for i, name in enumerate(order):
+        if name in (o.provider, f"{o.provider}/{o.region}", o.gpu):
+            rank = i
+            break
+    return rank * _RANK + price
 
 
-def _availability(rows: Sequence[Row], _req: PlacementRequest) -> list[float]:
-    out = []
-    for o, price, _, _ in rows:
-        risk = _KIND_RISK.get(o.kind, 3.0) + _TIER_RISK.get(o.extra.get("tier", ""), 0.0)
-        out.append(risk * 1e6 + price)
-    return out
+def _availability(
+    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
+) -> float:
+    risk = _KIND_RISK.get(o.kind, 3.0) + _TIER_RISK.get(o.tier, 0.0)
+    return risk * _RANK + price
 
 
-def _round_robin(rows: Sequence[Row], req: PlacementRequest) -> list[float]:
-    # A stable order (by key), rotated by the caller's counter: the i-th call gets the i-th offering.
-    order = sorted(
-        range(len(rows)),
-        key=lambda i: (rows[i][0].provider, rows[i][0].region, rows[i][0].instance_type, rows[i][0].kind),
-    )
-    n = len(rows)
-    scores = [0.0] * n
-    for pos, i in enumerate(order):
-        scores[i] = float((pos - req.round_robin_index) % n) if n else 0.0
-    return scores
+def group_order_key(g: OfferingGroup) -> tuple[str, str, str, str, int, str, float]:
+    """The stable order round-robin rotates through (an OfferingGroup's identity)."""
+    return (g.provider, g.region, g.kind, g.gpu or "", g.gpu_count, g.tier, g.ram_gb or 0.0)
 
 
 STRATEGIES: MappingProxyType[str, Strategy] = MappingProxyType(
@@ -94,13 +107,14 @@ STRATEGIES: MappingProxyType[str, Strategy] = MappingProxyType(
                 "cost-per-token",
                 "lowest $ per million tokens, decode speed estimated from memory bandwidth",
                 _cost_per_token,
-                True,
+                needs_throughput=True,
             ),
             Strategy("carbon", "lowest gCO2 per hour (GPU TDP x grid intensity)", _carbon),
             Strategy(
                 "balanced",
                 "price and carbon, each relative to the best candidate, equally weighted",
                 _balanced,
+                _balanced_prepare,
             ),
             Strategy(
                 "priority",
@@ -112,7 +126,9 @@ STRATEGIES: MappingProxyType[str, Strategy] = MappingProxyType(
                 "least interruptible first (local, vm, serverless, spot), then price",
                 _availability,
             ),
-            Strategy("round-robin", "rotate through eligible offerings in a stable order", _round_robin),
+            Strategy(
+                "round-robin", "rotate through eligible offerings in a stable order", _cost, rotating=True
+            ),
         )
     }
 )

@@ -52,7 +52,7 @@ class Candidate:
     def label(self) -> str:
         o = self.offering
         hw = f"{o.gpu_count}x {o.gpu}" if o.gpu else "CPU"
-        tier = f" {o.extra['tier']}" if o.extra.get("tier") else ""
+        tier = f" {o.tier}" if o.tier else ""
         return f"{o.provider} {o.instance_type} ({hw}, {o.kind}{tier}, {o.region})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,7 +65,7 @@ class Candidate:
             "gpu": o.gpu,
             "gpu_count": o.gpu_count,
             "kind": o.kind,
-            "tier": o.extra.get("tier"),
+            "tier": o.tier or None,
             "price_per_hour": self.price_per_hour,
             "per_second_billing": o.per_second_billing,
             "gco2_per_hour": round(self.gco2_per_hour, 1),

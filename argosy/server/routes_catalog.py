@@ -65,7 +65,7 @@ def _offering_json(o: Offering, now: datetime) -> dict[str, Any]:
         "vcpus": o.vcpus,
         "ram_gb": o.ram_gb,
         "kind": o.kind,
-        "tier": o.extra.get("tier"),
+        "tier": o.tier or None,
         "price_per_hour": o.price_per_hour,
         "per_second_billing": o.per_second_billing,
         "available": o.available,

@@ -89,7 +89,7 @@ def test_snapshot_rows_are_complete() -> None:
         ("aws", "spot"),
     ]:
         assert needed in kinds_by_provider
-    assert {o.extra.get("tier") for o in rows if o.provider == "runpod"} >= {"secure", "community"}
+    assert {o.tier for o in rows if o.provider == "runpod"} >= {"secure", "community"}
 
 
 def test_snapshot_keys_are_unique() -> None:

@@ -58,7 +58,7 @@ def test_runpod_gpu_types(cat_settings, price_server):  # type: ignore[no-untype
     assert outcome.status == "live", outcome
     sent = json.loads(price_server.seen[0].body)
     assert "gpuTypes" in sent["query"] and "securePrice" in sent["query"]
-    live = {(o.gpu, o.kind, o.extra["tier"]): o.price_per_hour for o in _live(cat_settings, "runpod")}
+    live = {(o.gpu, o.kind, o.tier): o.price_per_hour for o in _live(cat_settings, "runpod")}
     assert live[("RTX4090", "vm", "community")] == 0.34
     assert live[("RTX4090", "spot", "secure")] == 0.35
     assert live[("H100-SXM", "vm", "secure")] == 2.69

@@ -104,7 +104,7 @@ def test_priority_and_availability() -> None:
         _offer("cheap", "L40S", 0.5, kind="spot"),
         _offer("mid", "L40S", 0.9, kind="vm"),
         _offer("pricey", "L40S", 1.5, kind="vm"),
-        _offer("market", "L40S", 0.8, kind="vm", extra={"tier": "community"}),
+        _offer("market", "L40S", 0.8, kind="vm", tier="community"),
     ]
     req = size_model("qwen2.5-7b")
     assert (
@@ -229,3 +229,57 @@ def test_place_does_not_mutate_its_inputs(catalog) -> None:  # type: ignore[no-u
     before = [replace(o) for o in catalog]
     place(PlacementRequest(requirement=size_model("qwen2.5-7b")), catalog, "balanced")
     assert catalog == before
+
+
+def test_round_robin_walks_into_and_across_groups() -> None:
+    offers = [
+        _offer("a", "L4", 1.0, instance_type="a1"),
+        _offer("a", "L4", 2.0, instance_type="a2"),
+        _offer("b", "L4", 1.5),
+    ]
+    req = size_model("qwen2.5-0.5b")
+    picks = [
+        place(
+            PlacementRequest(requirement=req, round_robin_index=i, allow_cpu=False, max_fallbacks=0),
+            offers,
+            "round-robin",
+        )
+        for i in range(4)
+    ]
+    assert [p.choice.offering.instance_type for p in picks] == ["a1", "a2", "b-L4", "a1"]
+    rest = place(
+        PlacementRequest(requirement=req, round_robin_index=2, allow_cpu=False), offers, "round-robin"
+    )
+    assert [c.offering.instance_type for c in [rest.choice, *rest.fallbacks]] == ["b-L4", "a1", "a2"]
+
+
+def test_index_walk_matches_brute_force(catalog) -> None:  # type: ignore[no-untyped-def]
+    """The lazy per-group heap must give exactly the order a full sort by score would."""
+    import random
+
+    from argosy.placement.index import OfferingIndex
+    from argosy.placement.place import _filter
+
+    rng = random.Random(3)
+    offers = [replace(o, price_per_hour=round((o.price_per_hour or 1) * rng.uniform(0.5, 1.5), 3), instance_type=f"{o.instance_type}#{i}")
+              for i, o in enumerate(catalog * 5)]  # fmt: skip
+    index = OfferingIndex(offers)
+    request = PlacementRequest(
+        requirement=size_model("llama-3.1-8b"), priority=("aws", "runpod/EU-RO-1", "L4"), max_fallbacks=15
+    )
+    for name, strat in STRATEGIES.items():
+        if strat.rotating:
+            continue
+        tally = _filter(request, index, strat.needs_throughput)
+        ctx = (
+            strat.prepare([(e.group.prices[0], e.gco2_per_hour) for e in tally.eligible], request)
+            if strat.prepare
+            else {}
+        )
+        brute = sorted(
+            strat.score(o, p, e.gco2_per_hour, e.tokens_per_s, request, ctx)
+            for e in tally.eligible
+            for o, p in zip(e.group.priced[: e.end], e.group.prices[: e.end], strict=True)
+        )[:16]
+        got = place(request, index, name)
+        assert [c.score for c in [got.choice, *got.fallbacks]] == pytest.approx(brute), name

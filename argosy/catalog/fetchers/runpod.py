@@ -71,7 +71,8 @@ def fetch(ctx: FetchContext) -> FetchResult:
                     per_second_billing=True,
                     source=source,
                     fetched_at=when,
-                    extra={"origin": "live", "tier": tier, "gpu_type_id": t["id"]},
+                    tier=tier,
+                    extra={"origin": "live", "gpu_type_id": t["id"]},
                 )
             )
     return FetchResult(out, replaces_kinds=("vm", "spot"), skipped=skipped)

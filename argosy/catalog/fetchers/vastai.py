@@ -75,7 +75,8 @@ def fetch(ctx: FetchContext) -> FetchResult:
                 Offering(
                     kind="spot",
                     price_per_hour=float(offer["min_bid"]),
-                    extra={**extra, "tier": "interruptible"},
+                    tier="interruptible",
+                    extra=dict(extra),
                     **common,
                 )  # type: ignore[arg-type]
             )

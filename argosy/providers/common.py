@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from argosy.core.errors import ArgosyError
-from argosy.fleet.bootstrap import BootstrapSpec
+from argosy.fleet.bootstrap import BootstrapSpec, validate
 from argosy.providers.base import MANAGED_LABEL, CheckResult, InstanceRequest
 
 NAME_PREFIX = "argosy-"
@@ -59,7 +59,7 @@ def bootstrap_spec(request: InstanceRequest, env: Mapping[str, str]) -> Bootstra
             f"node '{request.name}' has no server URL or registration token to bootstrap with",
             fix="provision through the server (`argosy deploy ...`), which issues a one-time token per node",
         )
-    return BootstrapSpec(
+    spec = BootstrapSpec(
         server_url=request.server_url,
         agent_token=request.agent_token,
         node_name=node_name(request.name),
@@ -70,6 +70,14 @@ def bootstrap_spec(request: InstanceRequest, env: Mapping[str, str]) -> Bootstra
         provider=request.offering.provider,
         preemptible=request.offering.kind == "spot",
     )
+    try:
+        validate(spec)
+    except ValueError as exc:
+        raise ArgosyError(
+            f"cannot render the bootstrap for node '{request.name}': {exc}",
+            fix=f"check the server URL, the node labels and {PIP_SPEC_ENV} / {PIP_INDEX_ENV}",
+        ) from exc
+    return spec
 
 
 def key_fingerprint(public_key: str) -> str:

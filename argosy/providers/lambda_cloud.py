@@ -93,6 +93,24 @@ class LambdaProvider:
                 checks.append(
                     CheckResult("lambda api", True, f"key accepted ({len(keys)} ssh key(s) on the account)")
                 )
+                # Capacity hint: Lambda often has none for a type; say so before a launch fails.
+                types = self.client.instance_types()
+                with_capacity = sorted(
+                    n for n, e in types.items() if e.get("regions_with_capacity_available")
+                )
+                checks.append(
+                    CheckResult(
+                        "lambda capacity",
+                        bool(with_capacity),
+                        f"{len(with_capacity)} of {len(types)} instance types have capacity now"
+                        + (
+                            f" ({', '.join(with_capacity[:5])}{', ...' if len(with_capacity) > 5 else ''})"
+                            if with_capacity
+                            else ""
+                        ),
+                        fix=None if with_capacity else "retry later or use another provider",
+                    )
+                )
             except ProviderError as exc:
                 checks.append(CheckResult("lambda api", False, exc.message, fix=exc.fix))
         checks.append(check_ssh_key(required=True))

@@ -59,3 +59,11 @@ def test_real_tokens_are_redacted(settings):
     req.agent_token = "real-one-time-token"
     plan = get_provider("lambda", settings).plan(req)
     assert "real-one-time-token" not in plan_text(plan, secrets=["real-one-time-token"])
+
+
+def test_bad_server_url_is_an_error_for_people(settings):
+    req = _request("lambda")
+    req.server_url = "argosy.example.com"  # no scheme
+    with pytest.raises(ArgosyError) as info:
+        get_provider("lambda", settings).plan(req)
+    assert "http://" in info.value.message and info.value.fix

@@ -64,6 +64,11 @@ def register(app: typer.Typer) -> None:
         replicas: int = typer.Option(1, "--replicas", "-r", min=0, max=64),
         engine: str = typer.Option(None, "--engine", help="Inference engine (default: llamacpp on CPU)."),
         gpu: str = typer.Option(None, "--gpu", help="GPU type to run on."),
+        fallback: str = typer.Option(
+            None,
+            "--fallback",
+            help="Serverless provider for the fallback tier (modal, runpod-serverless, ...).",
+        ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
         wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until a replica is ready."),
         timeout: float = typer.Option(1800, help="Seconds to wait for readiness."),
@@ -73,7 +78,14 @@ def register(app: typer.Typer) -> None:
         check_format(output)
         client = connect(err)
         res = client.deploy(
-            model, name=name, provider=provider, replicas=replicas, engine=engine, gpu=gpu, dry_run=dry_run
+            model,
+            name=name,
+            provider=provider,
+            replicas=replicas,
+            engine=engine,
+            gpu=gpu,
+            fallback=fallback,
+            dry_run=dry_run,
         )
         plan = res["plan"]
         if dry_run:
@@ -81,7 +93,11 @@ def register(app: typer.Typer) -> None:
                 emit_json(plan)
             else:
                 err.print(f"[bold]plan for '{plan['name']}'[/] (nothing was changed)")
+                text = plan.pop("fallback_text", None)
+                plan.pop("fallback_plan", None)
                 typer.echo(json.dumps(plan, indent=2, default=str))
+                if text:
+                    typer.echo("\n" + text)
             return
         dep = res["deployment"]
         o = plan["offering"]

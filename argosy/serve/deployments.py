@@ -114,7 +114,12 @@ def choose_offering(provider: Any, gpu: str | None = None) -> tuple[Offering, li
 
 
 def plan_deployment(
-    req: DeployRequest, provider: Any, engine_plan: dict[str, Any], server_url: str
+    req: DeployRequest,
+    provider: Any,
+    engine_plan: dict[str, Any],
+    server_url: str,
+    fallback: str | None = None,
+    settings: Any = None,
 ) -> dict[str, Any]:
     """What `deploy` would do, with no side effects (`--dry-run`)."""
     offering, fallbacks = choose_offering(provider, req.gpu)
@@ -125,7 +130,16 @@ def plan_deployment(
         )
         node_plan = {"provider": p.provider, "action": p.action, "payload": p.payload, "notes": p.notes}
     price = offering.price_per_hour
+    extra: dict[str, Any] = {}
+    if fallback:
+        from argosy.providers.templates.fallback import plan_fallback, render_fallback_plan
+
+        if node_plan is None:
+            raise ArgosyError(f"provider '{req.provider}' runs no replicas to put a fallback beside")
+        fp = plan_fallback(p, req.model, fallback, settings, name=req.name, gpu=req.gpu)
+        extra = {"fallback_plan": fp.to_dict(), "fallback_text": render_fallback_plan(fp)}
     return {
+        **extra,
         "name": req.name,
         "model": req.model,
         "engine": req.engine,

@@ -42,6 +42,7 @@ class DeployBody(BaseModel):
     replicas: int = Field(1, ge=0, le=64)
     engine_args: dict[str, Any] = {}
     gpu: str | None = None
+    fallback: str | None = None
     dry_run: bool = False
 
 
@@ -138,10 +139,16 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
         )
         provider = state.provider(req.provider)
         plan = dep_svc.plan_deployment(
-            req, provider, engine_glue.engine_plan(req, settings), state.server_url
+            req, provider, engine_glue.engine_plan(req, settings), state.server_url, body.fallback, settings
         )
         if body.dry_run:
             return {"dry_run": True, "plan": plan}
+        if body.fallback:
+            raise ArgosyError(
+                "creating serverless fallback endpoints from `argosy deploy` is not wired up yet; "
+                "only their plan is (--dry-run)",
+                fix=f"see the plan with `argosy deploy ... --fallback {body.fallback} --dry-run`; deploy without --fallback",
+            )
         with store.session() as s:
             dep = dep_svc.create(s, req, plan, clock.now())
             out = dep_svc.describe(s, dep)

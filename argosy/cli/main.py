@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from argosy.core.errors import ArgosyError
 
@@ -39,9 +40,9 @@ def main() -> None:
     try:
         build_app()(standalone_mode=False)
     except ArgosyError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.fix:
-            err.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
+            err.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 OUTPUT_OPTION = typer.Option("table", "--output", "-o", help="table or json")
@@ -27,8 +29,9 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     for c in columns:
         t.add_column(c)
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
-    Console().print(t)
+        t.add_row(*["" if v is None else escape(str(v)) for v in r])  # "argosy[aws]" is not markup
+    # Piped output keeps whole rows (a fix line cut at 80 columns helps nobody).
+    Console(width=None if sys.stdout.isatty() else 220).print(t)
 
 
 def ago(ts: float | None) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from argosy.cli.connect import connect
 from argosy.cli.output import OUTPUT_OPTION, ago, check_format, emit_json, money, table
@@ -30,7 +31,7 @@ def _wait_ready(client: ArgosyClient, name: str, timeout: float) -> dict[str, An
             for r in d["replicas"]:
                 if r["state"] == "failed" and r["id"] not in seen_failed:
                     seen_failed.add(r["id"])
-                    err.print(f"[red]replica {r['id']} failed:[/] {r['reason']}", highlight=False)
+                    err.print(f"[red]replica {r['id']} failed:[/] {escape(r['reason'])}", highlight=False)
             if d["ready_replicas"] >= max(1, min(d["desired_replicas"], 1)) and d["endpoint"]:
                 return d
             if len(seen_failed) >= FAILURES_BEFORE_GIVING_UP:
@@ -306,6 +307,35 @@ def register(app: typer.Typer) -> None:
                         "clean-up is still running", fix="check `argosy status`; it continues in the server"
                     )
         err.print(f"destroyed {', '.join(names) if names else 'nothing (no deployments)'}")
+
+    @app.command()
+    def check(
+        provider: str = typer.Option(None, "--provider", "-p", help="Check one provider only."),
+        output: str = OUTPUT_OPTION,
+    ) -> None:
+        """Preflight every provider: credentials, tools, quotas — each failure with its fix."""
+        check_format(output)
+        rows = connect(err).providers(check=True, name=provider)
+        if output == "json":
+            emit_json(rows)
+            return
+        table(
+            "provider checks (run by the server, with the server's environment)",
+            ["provider", "check", "ok", "detail", "fix"],
+            [
+                [
+                    r["name"],
+                    c["name"],
+                    "yes" if c["ok"] else "NO",
+                    c["detail"],
+                    "" if c["ok"] else (c["fix"] or ""),
+                ]
+                for r in rows
+                for c in r["checks"]
+            ],
+        )
+        if any(not c["ok"] for r in rows for c in r["checks"]):
+            err.print("credentials are read from the server's environment: restart it after setting them")
 
     @app.command()
     def cost(name: str = typer.Argument(None), output: str = OUTPUT_OPTION) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import select
 import argosy
 from argosy.core.errors import ArgosyError
 from argosy.fleet import nodes as node_svc
-from argosy.providers.base import Preflight
+from argosy.providers.lifecycle import preflight_all
 from argosy.providers.registry import PROVIDERS
 from argosy.serve import deployments as dep_svc
 from argosy.serve import engine_glue
@@ -232,22 +232,23 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
             return {"deployments": rows, "total": grand}
 
     @app.get(f"{api}/providers", dependencies=[Depends(user)])
-    def providers(check: bool = False) -> list[dict[str, Any]]:
-        out = []
-        for name in PROVIDERS.names():
-            item: dict[str, Any] = {
-                "name": name,
-                "summary": PROVIDERS.entries[name].summary if name in PROVIDERS.entries else "",
+    def providers(check: bool = False, name: str | None = None) -> list[dict[str, Any]]:
+        names = [name] if name else PROVIDERS.names()
+        for n in names:
+            if n not in PROVIDERS.names():
+                PROVIDERS.load(n)  # raises the did-you-mean error
+        checks: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        if check:
+            for n, c in preflight_all(names, state.provider):
+                checks[n].append({"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix})
+        return [
+            {
+                "name": n,
+                "summary": PROVIDERS.entries[n].summary if n in PROVIDERS.entries else "",
+                "checks": checks[n],
             }
-            if check:
-                try:
-                    p = state.provider(name)
-                    checks = p.preflight() if isinstance(p, Preflight) else []
-                    item["checks"] = [c.__dict__ for c in checks]
-                except ArgosyError as exc:
-                    item["checks"] = [{"name": "load", "ok": False, "detail": exc.message, "fix": exc.fix}]
-            out.append(item)
-        return out
+            for n in names
+        ]
 
     # -- agents --------------------------------------------------------------------------------
     @app.post(f"{api}/agents/register")

@@ -8,7 +8,7 @@ plan; `place()` builds one itself when given a plain list.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -32,10 +32,7 @@ class OfferingGroup(NamedTuple):
     priced: tuple[Offering, ...]  # cheapest first
     prices: tuple[float, ...]  # the same order
     unpriced: tuple[Offering, ...]  # unknown price: never free, never placed
-
-    @property
-    def size(self) -> int:
-        return len(self.priced) + len(self.unpriced)
+    size: int  # len(priced) + len(unpriced), stored: placement reads it for every group
 
     @property
     def sample(self) -> Offering:
@@ -53,25 +50,32 @@ class OfferingIndex:
     __slots__ = ("offerings", "groups", "providers", "regions")
 
     def __init__(self, offerings: Iterable[Offering]) -> None:
-        self.offerings: Sequence[Offering] = tuple(offerings)
-        buckets: defaultdict[tuple[Any, ...], list[Offering]] = defaultdict(list)
-        for o in self.offerings:
-            buckets[_shape(o)].append(o)
+        offs = self.offerings = tuple(offerings)
+        # One sequential pass reads each offering's shape and price. Everything after works on
+        # (price, position) pairs: touching the offerings again group by group would jump around
+        # memory, and at 50,000 offerings those cache misses cost more than the rest of the build.
+        priced_at: defaultdict[tuple[Any, ...], list[tuple[float, int]]] = defaultdict(list)
+        unpriced_at: defaultdict[tuple[Any, ...], list[int]] = defaultdict(list)
+        for i, (key, price) in enumerate(zip(map(_shape, offs), map(_price, offs), strict=True)):
+            if price is None:
+                unpriced_at[key].append(i)
+            else:
+                priced_at[key].append((price, i))
         groups: list[OfferingGroup] = []
-        for (provider, region, kind, gpu, count, available, tier), members in buckets.items():
-            split: dict[float | None, list[Offering]] = {None: members}
+        for key in dict.fromkeys([*priced_at, *unpriced_at]):
+            provider, region, kind, gpu, count, available, tier = key
+            pairs = priced_at.get(key, [])
+            blanks = unpriced_at.get(key, [])
+            # CPU offerings split further by RAM, which decides whether a model fits on them.
+            rams: dict[float | None, tuple[list[tuple[float, int]], list[int]]] = {None: (pairs, blanks)}
             if gpu is None:
-                split = defaultdict(list)
-                for o in members:
-                    split[o.ram_gb].append(o)
-            for ram, part in split.items():
-                prices = list(map(_price, part))
-                if None in prices:
-                    priced = [o for o in part if o.price_per_hour is not None]
-                    unpriced = tuple(o for o in part if o.price_per_hour is None)
-                else:
-                    priced, unpriced = list(part), ()
-                priced.sort(key=_price)
+                rams = {}
+                for price, i in pairs:
+                    rams.setdefault(offs[i].ram_gb, ([], []))[0].append((price, i))
+                for i in blanks:
+                    rams.setdefault(offs[i].ram_gb, ([], []))[1].append(i)
+            for ram, (ps, us) in rams.items():
+                ps.sort()  # (price, position): ties keep input order, no offering is compared
                 groups.append(
                     OfferingGroup(
                         provider,
@@ -82,9 +86,10 @@ class OfferingIndex:
                         available,
                         tier,
                         ram,
-                        tuple(priced),
-                        tuple(map(_price, priced)),
-                        unpriced,
+                        tuple(offs[i] for _, i in ps),
+                        tuple(p for p, _ in ps),
+                        tuple(offs[i] for i in us),
+                        len(ps) + len(us),
                     )
                 )
         self.groups: tuple[OfferingGroup, ...] = tuple(groups)

@@ -7,6 +7,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from argosy.catalog.cpu import load_cpu_defaults
 from argosy.catalog.gpus import load_gpus
@@ -55,9 +56,9 @@ def _validate(request: PlacementRequest, index: OfferingIndex) -> PlacementReque
     return request
 
 
-@dataclass(frozen=True)
-class _Eligible:
-    """A group that passed the filters, and the slice of its price-sorted offerings under the cap."""
+class _Eligible(NamedTuple):
+    """A group that passed the filters, and the slice of its price-sorted offerings under the cap.
+    A NamedTuple: one is made per eligible group on every plan, so construction cost matters."""
 
     group: OfferingGroup
     end: int  # priced[:end] are within the budget

@@ -24,11 +24,20 @@ def default_base_dir() -> Path:
     return root / f"argosy-sandbox-{os.getuid()}"
 
 
+def default_image_dir() -> Path:
+    """Built VM images are cached with the engines: ARGOSY_CACHE_DIR, else ARGOSY_HOME/cache."""
+    cache = os.environ.get("ARGOSY_CACHE_DIR")
+    if cache:
+        return Path(cache).expanduser() / "sandbox"
+    return Path(os.environ.get("ARGOSY_HOME", "~/.argosy")).expanduser() / "cache" / "sandbox"
+
+
 class SandboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: str = "namespaces"
     base_dir: Path = Field(default_factory=default_base_dir)
+    image_dir: Path = Field(default_factory=default_image_dir, description="microVM kernel and initramfs")
     uid: int = Field(NOBODY, ge=1, description="Host uid for sandboxed code when the agent runs as root")
     gid: int = Field(NOBODY, ge=1)
     max_concurrent: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)

@@ -218,6 +218,10 @@ class LocalRunner:
         self.table = table or LanguageTable.load()
         backend = backends().load(self.config.backend)(self.config)
         backend.require()
+        # The microvm backend runs one-shot executions only; sessions and pools need namespaces.
+        self.vm = backend if backend.name == "microvm" else None
+        if self.vm is not None:
+            backend = NamespacesBackend(self.config)
         self.backend: NamespacesBackend = backend
         self.admission = Admission(
             self.config.max_concurrent, self.config.max_queue, self.config.queue_timeout_s
@@ -431,10 +435,52 @@ class LocalRunner:
                 fix=f"name the main file {lang.spec.file} or send `code`",
             )
         stdin = req.stdin.encode() if req.stdin is not None else None
+        if self.vm is not None:
+            with self.admission.slot():
+                return self._run_in_vm(lang, files, limits, req.args, stdin, req.network)
         with self.admission.slot():
             return self._run_language(
                 new_id("run"), lang, files, limits, req.args, stdin, req.network, None, on_output
             )
+
+    def _run_in_vm(
+        self,
+        lang: Language,
+        files: dict[str, bytes],
+        limits: Limits,
+        args: list[str],
+        stdin: bytes | None,
+        network: bool,
+    ) -> ExecResult:
+        from argosy.sandbox.microvm import IMAGE_LANGUAGES
+
+        if lang.name not in IMAGE_LANGUAGES or lang.compiled:
+            raise SandboxRequestError(
+                f"the microvm image carries {', '.join(IMAGE_LANGUAGES)}, not {lang.name}",
+                fix="use the namespaces backend for this language",
+            )
+        if network:
+            raise SandboxRequestError(
+                "microvm sandboxes have no network device", fix="drop `network` or use namespaces"
+            )
+        assert self.vm is not None
+        argv = lang.argv(lang.spec.run, lang.spec.file) + list(args)
+        res = self.vm.run_job(argv, limits, files, stdin, dict(lang.spec.env))
+        return ExecResult(
+            run_id=new_id("run"),
+            status=self._status(res),  # type: ignore[arg-type]
+            stdout=_decode(res.stdout),
+            stderr=_decode(res.stderr),
+            exit_code=res.exit_code,
+            signal=res.signal,
+            timed_out=res.timed_out,
+            oom_killed=res.oom_killed,
+            truncated=res.truncated,
+            duration_ms=round(res.duration_ms, 3),
+            language=lang.name,
+            version=lang.version(),
+            backend="microvm",
+        )
 
     # -- sessions ----------------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ def main() -> int:
     request = PlacementRequest(requirement=size_model("llama-3.1-8b"))
     floor = median_ms(lambda: min(offerings, key=lambda o: o.price_per_hour or 0.0), args.runs)
     print(
-        f"{len(offerings)} offerings in {len(index.groups)} groups, {args.runs} runs, median wall time; "
+        f"{len(offerings)} offerings in {index.n_groups} groups, {args.runs} runs, median wall time; "
         f"target {TARGET_MS:.0f} ms"
     )
 

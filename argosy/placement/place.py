@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import heapq
-from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import NamedTuple
+
+import numpy as np
 
 from argosy.catalog.cpu import load_cpu_defaults
 from argosy.catalog.gpus import load_gpus
@@ -23,8 +22,8 @@ from argosy.catalog.sizing import (
 )
 from argosy.catalog.types import Offering
 from argosy.core.errors import unknown_name
-from argosy.placement.index import OfferingGroup, OfferingIndex
-from argosy.placement.strategies import Strategy, get_strategy, group_order_key
+from argosy.placement.index import BoolArray, FloatArray, IntArray, OfferingIndex
+from argosy.placement.strategies import Columns, Strategy, get_strategy
 from argosy.placement.types import (
     REASONS,
     Candidate,
@@ -56,100 +55,112 @@ def _validate(request: PlacementRequest, index: OfferingIndex) -> PlacementReque
     return request
 
 
-class _Eligible(NamedTuple):
-    """A group that passed the filters, and the slice of its price-sorted offerings under the cap.
-    A NamedTuple: one is made per eligible group on every plan, so construction cost matters."""
-
-    group: OfferingGroup
-    end: int  # priced[:end] are within the budget
-    gco2_per_hour: float
-    tokens_per_s: float | None
-    tp: int
+# Rejection reasons by code; 0 = eligible. Group-level reasons first, then the two per-offering ones.
+_CODES = (
+    "",
+    "kind",
+    "provider",
+    "region",
+    "gpu",
+    "unavailable",
+    "cpu",
+    "ram",
+    "unknown-gpu",
+    "vram",
+    "no-price",
+    "over-budget",
+)
+_CODE = {name: i for i, name in enumerate(_CODES)}
 
 
 @dataclass
 class _Tally:
-    eligible: list[_Eligible] = field(default_factory=list)
-    rejected: dict[str, int] = field(default_factory=dict)
-    cheapest: dict[str, Offering] = field(default_factory=dict)  # the cheapest rejected offering per reason
+    """What the filters decided: the eligible offerings (positions in the index) with their figures,
+    rejection counts by reason, and the cheapest rejected offering per reason (to explain)."""
 
-    def reject(self, reason: str, count: int, sample: Offering) -> None:
-        if count <= 0:
-            return
-        self.rejected[reason] = self.rejected.get(reason, 0) + count
-        prev = self.cheapest.get(reason)
-        inf = float("inf")
-        if prev is None or (sample.price_per_hour if sample.price_per_hour is not None else inf) < (
-            prev.price_per_hour if prev.price_per_hour is not None else inf
-        ):
-            self.cheapest[reason] = sample
+    positions: IntArray
+    gco2: FloatArray
+    tps: FloatArray
+    g_tp: IntArray
+    rejected: dict[str, int]
+    cheapest: dict[str, Offering]
 
 
 def _filter(request: PlacementRequest, index: OfferingIndex, want_tps: bool) -> _Tally:
-    """Decide group by group; only the budget cap looks inside a group (a bisect on its sorted prices)."""
-    specs = load_gpus().specs
-    region_table = load_regions()
+    """Decide per group (vectorised), then per offering only price: known, and under the cap."""
     cpu = load_cpu_defaults()
     req = request.requirement
-    kinds = set(request.kinds) or None
-    providers = set(request.providers) or None
-    excl_providers = set(request.exclude_providers)
-    regions = set(request.regions) or None
-    excl_regions = set(request.exclude_regions)
-    cap = request.max_price_per_hour
+    ix = index
+    reason = np.zeros(ix.n_groups, dtype=np.int64)
+
+    def mark(code: str, bad: BoolArray) -> None:
+        reason[(reason == 0) & bad] = _CODE[code]
+
+    if request.kinds:
+        mark("kind", ~np.isin(ix.g_kind, ix.code(ix.kind_names, request.kinds)))
+    if request.providers:
+        mark("provider", ~np.isin(ix.g_provider, ix.code(ix.provider_names, request.providers)))
+    if request.exclude_providers:
+        mark("provider", np.isin(ix.g_provider, ix.code(ix.provider_names, request.exclude_providers)))
+    if request.regions:
+        mark("region", ~np.isin(ix.g_region, ix.code(ix.region_names, request.regions)))
+    if request.exclude_regions:
+        mark("region", np.isin(ix.g_region, ix.code(ix.region_names, request.exclude_regions)))
+    if request.gpu is not None:
+        mark("gpu", ~np.isin(ix.g_gpu, ix.code(ix.gpu_names, [request.gpu])))
+    mark("unavailable", ~ix.g_available)
+    # Per (gpu, count) shape: a few dozen, however many offerings.
+    measured = [_measure(gpu, cnt, req, request.min_vram_gb, want_tps) for gpu, cnt in ix.shape_names]  # type: ignore[misc]
+    s_tp = np.array([m[0] for m in measured], dtype=np.int64).reshape(len(measured))
+    s_watts = np.array([m[1] for m in measured], dtype=np.float64).reshape(len(measured))
+    s_tps = np.array([np.nan if m[2] is None else m[2] for m in measured], dtype=np.float64).reshape(
+        len(measured)
+    )
+    s_cpu = np.array([gpu is None for gpu, _ in ix.shape_names], dtype=bool).reshape(len(measured))  # type: ignore[misc]
+    g_cpu = s_cpu[ix.g_shape]
+    g_tp = s_tp[ix.g_shape]
     cpu_allowed = request.allow_cpu
     if cpu_allowed is None:
         cpu_allowed = req is None or req.weights_gb <= cpu.max_auto_weights_gb
-    shapes: dict[tuple[str | None, int], tuple[int, float, float | None]] = {}
-    tally = _Tally()
-    for grp in index.groups:
-        n = grp.size
-        if kinds is not None and grp.kind not in kinds:
-            tally.reject("kind", n, grp.sample)
-            continue
-        if (providers is not None and grp.provider not in providers) or grp.provider in excl_providers:
-            tally.reject("provider", n, grp.sample)
-            continue
-        if (regions is not None and grp.region not in regions) or grp.region in excl_regions:
-            tally.reject("region", n, grp.sample)
-            continue
-        if request.gpu is not None and grp.gpu != request.gpu:
-            tally.reject("gpu", n, grp.sample)
-            continue
-        if not grp.available:
-            tally.reject("unavailable", n, grp.sample)
-            continue
-        shape = (grp.gpu, grp.gpu_count)
-        measured = shapes.get(shape)
-        if measured is None:
-            measured = shapes[shape] = _measure(grp.gpu, grp.gpu_count, req, request.min_vram_gb, want_tps)
-        tp, watts, tps = measured
-        if grp.gpu is None:
-            if not cpu_allowed:
-                tally.reject("cpu", n, grp.sample)
-                continue
-            if req is not None and (
-                grp.ram_gb is None or not req.fits_ram(grp.ram_gb, cpu.usable_ram_fraction)
-            ):
-                tally.reject("ram", n, grp.sample)
-                continue
-        elif tp < 0:
-            tally.reject("unknown-gpu", n, grp.sample)
-            continue
-        elif tp == 0:
-            tally.reject("vram", n, grp.sample)
-            continue
-        if grp.unpriced:
-            tally.reject("no-price", len(grp.unpriced), grp.unpriced[0])
-        end = len(grp.prices) if cap is None else bisect_right(grp.prices, cap)
-        if end < len(grp.prices):
-            tally.reject("over-budget", len(grp.prices) - end, grp.priced[end])
-        if end == 0:
-            continue
-        g = watts * region_table.intensity(grp.provider, grp.region) / 1000.0
-        tally.eligible.append(_Eligible(grp, end, g, tps, tp))
-    del specs
-    return tally
+    if not cpu_allowed:
+        mark("cpu", g_cpu)
+    if req is not None and g_cpu.any():
+        # CPU groups are few (one per machine and RAM size): ask the requirement for each.
+        cpu_groups = np.flatnonzero(g_cpu)
+        ram_ok = np.array(
+            [r == r and req.fits_ram(float(r), cpu.usable_ram_fraction) for r in ix.g_ram[cpu_groups]],
+            dtype=bool,
+        )
+        bad_ram = np.zeros(len(reason), dtype=bool)
+        bad_ram[cpu_groups[~ram_ok]] = True
+        mark("ram", bad_ram)
+    mark("unknown-gpu", ~g_cpu & (g_tp < 0))
+    mark("vram", ~g_cpu & (g_tp == 0))
+    # Per offering: only the price is left to look at.
+    off_reason = reason[ix.gid]
+    group_ok = off_reason == 0
+    unknown = np.isnan(ix.price)
+    off_reason = np.where(group_ok & unknown, _CODE["no-price"], off_reason)
+    if request.max_price_per_hour is not None:
+        with np.errstate(invalid="ignore"):
+            over = group_ok & ~unknown & (ix.price > request.max_price_per_hour)
+        off_reason = np.where(over, _CODE["over-budget"], off_reason)
+    counts = np.bincount(off_reason, minlength=len(_CODES))
+    rejected = {_CODES[c]: int(counts[c]) for c in range(1, len(_CODES)) if counts[c]}
+    cheapest: dict[str, Offering] = {}
+    if rejected:
+        filled = np.where(unknown, np.inf, ix.price)
+        for name in rejected:
+            mine = off_reason == _CODE[name]
+            at = int(np.argmin(np.where(mine, filled, np.inf)))
+            if not mine[at]:
+                at = int(np.argmax(mine))  # all unpriced: any one of them
+            cheapest[name] = ix.offerings[at]
+    positions = np.flatnonzero(off_reason == 0)
+    g_gco2 = s_watts[ix.g_shape] * ix.g_intensity / 1000.0
+    g_tps = s_tps[ix.g_shape]
+    eg = ix.gid[positions]
+    return _Tally(positions, g_gco2[eg], g_tps[eg], g_tp[eg], rejected, cheapest)
 
 
 def _measure(
@@ -196,57 +207,41 @@ def _rejection_detail(reason: str, o: Offering, request: PlacementRequest) -> st
     return REASONS.get(reason, reason)
 
 
-def _top(strat: Strategy, tally: _Tally, request: PlacementRequest, k: int) -> list[Candidate]:
-    """The k best eligible offerings. Scores rise with price inside a group, so a heap holding each
-    group's next-cheapest offering yields them in order after k pops."""
-    ctx = (
-        strat.prepare([(e.group.prices[0], e.gco2_per_hour) for e in tally.eligible], request)
-        if strat.prepare
-        else {}
-    )
-    score = strat.score
+def _top(
+    strat: Strategy, tally: _Tally, index: OfferingIndex, request: PlacementRequest, k: int
+) -> list[Candidate]:
+    """The k best eligible offerings, best first; ties go to the earlier offering in the input."""
+    pos = tally.positions
+    m = len(pos)
+    k = min(k, m)
     if strat.rotating:
-        # Groups in a stable order, each group's offerings cheapest first: the caller's counter picks
-        # the start, and the next k follow (wrapping). Only group boundaries are walked, not offerings.
-        ordered = sorted(tally.eligible, key=lambda e: group_order_key(e.group))
-        total = sum(e.end for e in ordered)
-        pos = request.round_robin_index % total
-        gi = 0
-        while pos >= ordered[gi].end:
-            pos -= ordered[gi].end
-            gi += 1
-        picked: list[Candidate] = []
-        while len(picked) < min(k, total):
-            e = ordered[gi]
-            o = e.group.priced[pos]
-            picked.append(
-                Candidate(o, e.group.prices[pos], e.gco2_per_hour, e.tp, e.tokens_per_s, float(len(picked)))
+        eligible = np.zeros(len(index), dtype=bool)
+        eligible[pos] = True
+        ordered = index.rr_order[eligible[index.rr_order]]  # the stable order, eligible only
+        start = request.round_robin_index % m
+        picks = ordered[(start + np.arange(k)) % m]
+        at = np.searchsorted(pos, picks)  # positions are sorted (flatnonzero)
+        chosen = [(int(i), float(r)) for r, i in enumerate(at)]
+    else:
+        cols = Columns(index, index.gid[pos], index.price[pos], tally.gco2, tally.tps)
+        scores = strat.score(cols, request)
+        part = np.argpartition(scores, k - 1)[:k] if m > k else np.arange(m)
+        part = part[np.lexsort((pos[part], scores[part]))]
+        chosen = [(int(i), float(scores[i])) for i in part]
+    out = []
+    for i, score in chosen:
+        o = index.offerings[int(pos[i])]
+        tps = float(tally.tps[i])
+        out.append(
+            Candidate(
+                o,
+                float(index.price[pos[i]]),
+                float(tally.gco2[i]),
+                int(tally.g_tp[i]),
+                None if tps != tps else tps,
+                score,
             )
-            pos += 1
-            if pos >= e.end:
-                gi, pos = (gi + 1) % len(ordered), 0
-        return picked
-    heap = []
-    for gi, e in enumerate(tally.eligible):
-        o = e.group.priced[0]
-        heap.append((score(o, e.group.prices[0], e.gco2_per_hour, e.tokens_per_s, request, ctx), gi, 0))
-    heapq.heapify(heap)
-    out: list[Candidate] = []
-    while heap and len(out) < k:
-        s, gi, pos = heapq.heappop(heap)
-        e = tally.eligible[gi]
-        o = e.group.priced[pos]
-        out.append(Candidate(o, e.group.prices[pos], e.gco2_per_hour, e.tp, e.tokens_per_s, s))
-        if pos + 1 < e.end:
-            nxt = e.group.priced[pos + 1]
-            heapq.heappush(
-                heap,
-                (
-                    score(nxt, e.group.prices[pos + 1], e.gco2_per_hour, e.tokens_per_s, request, ctx),
-                    gi,
-                    pos + 1,
-                ),
-            )
+        )
     return out
 
 
@@ -264,9 +259,9 @@ def place(
     index = offerings if isinstance(offerings, OfferingIndex) else OfferingIndex(offerings)
     request = _validate(request, index)
     tally = _filter(request, index, strat.needs_throughput)
-    if not tally.eligible:
+    if not len(tally.positions):
         raise _nothing_fits(request, index, tally)
-    ranked = _top(strat, tally, request, 1 + max(0, request.max_fallbacks))
+    ranked = _top(strat, tally, index, request, 1 + max(0, request.max_fallbacks))
     req = request.requirement
     if req is not None:  # throughput for the few shown, when the strategy did not need it for all
         ranked = [
@@ -284,7 +279,7 @@ def place(
         choice=ranked[0],
         fallbacks=ranked[1:],
         considered=len(index),
-        eligible=sum(e.end for e in tally.eligible),
+        eligible=len(tally.positions),
         rejected=tally.rejected,
         notable_rejections=notable,
         explanation=[],
@@ -349,7 +344,11 @@ def _nothing_fits(request: PlacementRequest, index: OfferingIndex, tally: _Tally
     details: dict[str, object] = {"rejected": rejected, "requirement": req.to_dict() if req else None}
     # Memory is the binding constraint only if something passes every other filter.
     memory_bound = req is not None and bool(
-        _filter(replace(request, requirement=None, min_vram_gb=None, allow_cpu=False), index, False).eligible
+        len(
+            _filter(
+                replace(request, requirement=None, min_vram_gb=None, allow_cpu=False), index, False
+            ).positions
+        )
     )
     if not memory_bound:
         return NoPlacementError(
@@ -383,8 +382,9 @@ def suggest_fixes(request: PlacementRequest, offerings: Sequence[Offering] | Off
 
     def cheapest_fit(r: Requirement) -> Offering | None:
         tally = _filter(replace(request, requirement=r, allow_cpu=False), index, False)
-        firsts = [e.group.priced[0] for e in tally.eligible]
-        return min(firsts, key=lambda o: o.price_per_hour or 0.0) if firsts else None
+        if not len(tally.positions):
+            return None
+        return index.offerings[int(tally.positions[np.argmin(index.price[tally.positions])])]
 
     for q in QUANTIZATIONS:
         if WEIGHT_BYTES[q] < WEIGHT_BYTES[req.quantization] and q not in ("gptq", "mxfp4"):
@@ -406,7 +406,7 @@ def suggest_fixes(request: PlacementRequest, offerings: Sequence[Offering] | Off
             break
         length //= 2
     specs = load_gpus().specs
-    multi = [g.sample for g in index.groups if g.gpu in specs and g.gpu_count >= 8]
+    multi = [o for o in index.offerings if o.gpu in specs and o.gpu_count >= 8]
     if multi:
         big = max(multi, key=lambda o: specs[o.gpu or ""].vram_gb)
         per = req.per_gpu_gb(8)

@@ -1,26 +1,21 @@
-"""Placement strategies by name. A strategy scores an eligible offering: lower is better.
+"""Placement strategies by name. A strategy scores every eligible offering at once: lower is better.
 
-Scores must not decrease as price rises among offerings that are otherwise alike (same group in the
-OfferingIndex): that lets placement walk each group cheapest-first and stop after the top few.
-Round-robin is the exception (`rotating`): it orders by a stable key and rotates by the caller's counter.
+A scorer gets the eligible offerings' columns (price, gCO2/h, tokens/s, group codes) and returns one
+score per offering. Round-robin is the exception (`rotating`): it takes the index's stable order and
+rotates it by the caller's counter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from argosy.catalog.types import Offering
-from argosy.core.errors import unknown_name
-from argosy.placement.index import OfferingGroup
-from argosy.placement.types import PlacementRequest
+import numpy as np
 
-# What prepare() sees of each eligible group: its cheapest price and its gCO2/h.
-GroupFigures = tuple[float, float]
-Context = Mapping[str, float]
-# (offering, $/h, gCO2/h, tokens/s or None, request, context) -> score
-Scorer = Callable[[Offering, float, float, float | None, PlacementRequest, Context], float]
+from argosy.core.errors import unknown_name
+from argosy.placement.index import FloatArray, IntArray, OfferingIndex
+from argosy.placement.types import PlacementRequest
 
 # Availability ranking: how likely the machine stays up. Interruptible capacity goes last;
 # marketplace/community hosts come after data-centre capacity of the same kind.
@@ -30,72 +25,78 @@ _RANK = 1e6  # a rank step outweighs any hourly price
 
 
 @dataclass(frozen=True)
+class Columns:
+    """The eligible offerings, as columns."""
+
+    index: OfferingIndex
+    gid: IntArray  # each one's group
+    price: FloatArray
+    gco2: FloatArray
+    tps: FloatArray  # NaN where no estimate
+
+
+Scorer = Callable[[Columns, PlacementRequest], FloatArray]
+
+
+@dataclass(frozen=True)
 class Strategy:
     name: str
     summary: str
     score: Scorer
-    prepare: Callable[[Sequence[GroupFigures], PlacementRequest], Context] | None = None
     needs_throughput: bool = False
     rotating: bool = False
 
 
-def _cost(
-    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
-) -> float:
-    return price
+def _cost(c: Columns, req: PlacementRequest) -> FloatArray:
+    return c.price
 
 
-def _cost_per_token(
-    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
-) -> float:
+def _cost_per_token(c: Columns, req: PlacementRequest) -> FloatArray:
     # $ per million generated tokens; offerings with no throughput estimate sort last.
-    return price / (tps * 3600) * 1e6 if tps else float("inf")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = c.price / (c.tps * 3600) * 1e6
+    return np.where(np.isfinite(out) & (c.tps > 0), out, np.inf)
 
 
-def _carbon(
-    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
-) -> float:
-    return g + price * 1e-3  # price only breaks ties: a dollar weighs a milligram
+def _carbon(c: Columns, req: PlacementRequest) -> FloatArray:
+    return c.gco2 + c.price * 1e-3  # price only breaks ties: a dollar weighs a milligram
 
 
-def _balanced_prepare(groups: Sequence[GroupFigures], req: PlacementRequest) -> Context:
-    return {
-        "best_price": min((p for p, _ in groups if p > 0), default=1.0),
-        "best_g": min((g for _, g in groups if g > 0), default=1.0),
-    }
+def _balanced(c: Columns, req: PlacementRequest) -> FloatArray:
+    # Each axis relative to its best eligible offering, equally weighted: 2.0 is the ideal.
+    pos_p = c.price[c.price > 0]
+    pos_g = c.gco2[c.gco2 > 0]
+    bp = float(pos_p.min()) if pos_p.size else 1.0
+    bg = float(pos_g.min()) if pos_g.size else 1.0
+    return np.maximum(c.price, bp) / bp + np.maximum(c.gco2, bg) / bg
 
 
-def _balanced(
-    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
-) -> float:
-    # Each axis relative to its best candidate, equally weighted: 2.0 is the ideal.
-    bp, bg = ctx["best_price"], ctx["best_g"]
-    return max(price, bp) / bp + max(g, bg) / bg
+def _priority(c: Columns, req: PlacementRequest) -> FloatArray:
+    ix = c.index
+    last = float(len(req.priority))
+    by_provider = np.full(len(ix.provider_names), last)
+    by_pair = np.full(len(ix.pair_names), last)
+    by_gpu = np.full(len(ix.gpu_names), last)
+    for rank, name in reversed(list(enumerate(req.priority))):  # earlier entries win
+        for i, p in enumerate(ix.provider_names):
+            if p == name:
+                by_provider[i] = rank
+        for i, (p, r) in enumerate(ix.pair_names):  # type: ignore[misc]
+            if f"{p}/{r}" == name:
+                by_pair[i] = rank
+        for i, g in enumerate(ix.gpu_names):
+            if g == name:
+                by_gpu[i] = rank
+    rank = np.minimum(np.minimum(by_provider[ix.g_provider], by_pair[ix.g_pair]), by_gpu[ix.g_gpu])
+    return rank[c.gid] * _RANK + c.price
 
 
-def _priority(
-    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
-) -> float:
-    order = req.priority
-    last = len(order)
-    rank = last
-    for i, name in enumerate(order):
-        if name in (o.provider, f"{o.provider}/{o.region}", o.gpu):
-            rank = i
-            break
-    return rank * _RANK + price
-
-
-def _availability(
-    o: Offering, price: float, g: float, tps: float | None, req: PlacementRequest, ctx: Context
-) -> float:
-    risk = _KIND_RISK.get(o.kind, 3.0) + _TIER_RISK.get(o.tier, 0.0)
-    return risk * _RANK + price
-
-
-def group_order_key(g: OfferingGroup) -> tuple[str, str, str, str, int, str, float]:
-    """The stable order round-robin rotates through (an OfferingGroup's identity)."""
-    return (g.provider, g.region, g.kind, g.gpu or "", g.gpu_count, g.tier, g.ram_gb or 0.0)
+def _availability(c: Columns, req: PlacementRequest) -> FloatArray:
+    ix = c.index
+    kind_risk = np.array([_KIND_RISK.get(str(k), 3.0) for k in ix.kind_names])
+    tier_risk = np.array([_TIER_RISK.get(str(t), 0.0) for t in ix.tier_names])
+    risk = kind_risk[ix.g_kind] + tier_risk[ix.g_tier]
+    return risk[c.gid] * _RANK + c.price
 
 
 STRATEGIES: MappingProxyType[str, Strategy] = MappingProxyType(
@@ -114,7 +115,6 @@ STRATEGIES: MappingProxyType[str, Strategy] = MappingProxyType(
                 "balanced",
                 "price and carbon, each relative to the best candidate, equally weighted",
                 _balanced,
-                _balanced_prepare,
             ),
             Strategy(
                 "priority",

@@ -178,11 +178,11 @@ def _measure(
         return 0, 0.0, None
     tp = 1 if req is None else (req.tp_for(spec.vram_gb, count) or 0)
     watts = spec.tdp_w * count
-    tps = (
-        req.decode_tokens_per_s(spec.bandwidth_gbps * tp, spec.tflops * tp)
-        if (req and tp and want_tps)
-        else None
-    )
+    tps = None
+    if req and tp and want_tps:
+        # GPUs beyond one tensor-parallel group serve more replicas (data parallel): all are paid for.
+        replicas = count // tp
+        tps = replicas * req.decode_tokens_per_s(spec.bandwidth_gbps * tp, spec.tflops * tp)
     return tp, watts, tps
 
 
@@ -296,8 +296,12 @@ def explain(p: Placement, summary: str, now: datetime) -> list[str]:
     need = ""
     if p.requirement is not None:
         r = p.requirement
+        replicas = o.gpu_count // c.tp if c.tp else 1
+        dp = f" x {replicas} replicas" if replicas > 1 else ""
         where = (
-            "in RAM (CPU inference)" if o.gpu is None else f"{r.per_gpu_gb(c.tp):.1f} GB per GPU at TP={c.tp}"
+            "in RAM (CPU inference)"
+            if o.gpu is None
+            else f"{r.per_gpu_gb(c.tp):.1f} GB per GPU at TP={c.tp}{dp}"
         )
         need = (
             f" for {r.model.name} ({r.quantization}, {r.max_model_len} tokens x {r.concurrency}: "

@@ -304,3 +304,13 @@ def test_vectorised_scores_match_a_plain_python_reference(catalog) -> None:  # t
         got = place(request, offers, name)
         assert got.eligible == len(eligible)
         assert [c.score for c in [got.choice, *got.fallbacks]] == pytest.approx(expected), name
+
+
+def test_extra_gpus_count_as_replicas_for_throughput() -> None:
+    req = size_model("llama-3.1-8b", max_model_len=2048)
+    one = _offer("one", "H100-SXM", 3.0)
+    eight = _offer("eight", "H100-SXM", 24.0, gpu_count=8)
+    p = place(PlacementRequest(requirement=req), [one, eight], "cost-per-token")
+    by = {c.offering.provider: c for c in [p.choice, *p.fallbacks]}
+    assert by["eight"].tp == 1 and by["eight"].tokens_per_s == pytest.approx(8 * by["one"].tokens_per_s)
+    assert by["eight"].usd_per_mtok == pytest.approx(by["one"].usd_per_mtok)

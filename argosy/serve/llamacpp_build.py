@@ -76,13 +76,16 @@ _LAUNCHER = """\
 # Written by argosy.serve.llamacpp_build: compile hot code (ggml kernels, llama core) at the release
 # optimisation level and everything else at {cold} to cut the build time on small CI machines.
 import os, sys
-ROOT = {root!r}
+ROOT, BUILD = {root!r}, {build!r}
 HOT = {hot!r}
 args = sys.argv[1:]
 src = next((a for a in args if a.endswith((".c", ".cpp", ".cc", ".cxx"))), "")
-rel = os.path.relpath(os.path.abspath(src), ROOT) if src else ""
-if src and not rel.startswith(HOT):
-    args = [{cold!r} if a in ("-O2", "-O3") else a for a in args]
+if src:
+    # A source in the tree, or a generated one in the build dir (whose layout mirrors the tree).
+    path = os.path.abspath(src)
+    base = BUILD if path.startswith(BUILD) else ROOT
+    if not os.path.relpath(path, base).startswith(HOT):
+        args = [{cold!r} if a in ("-O2", "-O3") else a for a in args]
 os.execvp(args[0], args)
 """
 
@@ -236,6 +239,21 @@ def _tools() -> tuple[str, list[str]]:
     return cmake, (["-G", "Ninja"] if shutil.which("ninja") else [])
 
 
+def write_launcher(path: Path, tree: Path, build_dir: Path) -> Path:
+    """Write the compiler launcher that picks -O3 (hot dirs) or COLD_OPT per source file."""
+    path.write_text(
+        _LAUNCHER.format(
+            python=sys.executable,
+            root=str(tree.resolve()) + "/",
+            build=str(build_dir.resolve()) + "/",
+            hot=HOT_DIRS,
+            cold=COLD_OPT,
+        )
+    )
+    path.chmod(0o755)
+    return path
+
+
 def _build(settings: Settings, version: str, tree: Path, progress: Progress) -> Path:
     cmake, generator = _tools()
     bdir = _root(settings) / "build" / build_id(version)
@@ -243,11 +261,7 @@ def _build(settings: Settings, version: str, tree: Path, progress: Progress) -> 
     if bdir.exists():
         shutil.rmtree(bdir)  # a half-finished build from a killed process: start clean
     bdir.mkdir(parents=True)
-    launcher = bdir / "argosy-cc-launcher.py"
-    launcher.write_text(
-        _LAUNCHER.format(python=sys.executable, root=str(tree.resolve()) + "/", hot=HOT_DIRS, cold=COLD_OPT)
-    )
-    launcher.chmod(0o755)
+    launcher = write_launcher(bdir / "argosy-cc-launcher.py", tree, bdir)
     jobs = str(os.cpu_count() or 2)
     configure = [
         cmake, "-S", str(tree), "-B", str(bdir), *generator, *CMAKE_FLAGS,

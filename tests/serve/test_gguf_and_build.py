@@ -135,3 +135,24 @@ def test_failed_build_shows_the_log_tail(tmp_path: Path) -> None:
     assert "configure failed" in err.value.message
     assert "broken on purpose" in err.value.message
     assert err.value.fix and "ARGOSY_LLAMA_SERVER" in err.value.fix
+
+
+def test_launcher_keeps_o3_only_for_per_token_code(tmp_path: Path) -> None:
+    import subprocess
+
+    tree, build = tmp_path / "tree", tmp_path / "build"
+    tree.mkdir()
+    build.mkdir()
+    launcher = lb.write_launcher(build / "launch.py", tree, build)
+
+    def flags(src: Path) -> str:
+        # "echo" stands in for the compiler: the launcher execs it with the rewritten arguments.
+        return subprocess.run(
+            [launcher, "echo", "-O3", "-c", str(src)], capture_output=True, text=True
+        ).stdout
+
+    assert flags(tree / "ggml" / "src" / "ggml-cpu" / "ops.cpp").startswith("-O3 ")
+    assert flags(tree / "src" / "llama-sampler.cpp").startswith("-O3 ")
+    assert flags(build / "src" / "CMakeFiles" / "llama.dir" / "Unity" / "unity_0_cxx.cxx").startswith("-O3 ")
+    assert flags(tree / "tools" / "server" / "server-http.cpp").startswith(f"{lb.COLD_OPT} ")
+    assert flags(tree / "common" / "arg.cpp").startswith(f"{lb.COLD_OPT} ")

@@ -211,8 +211,20 @@ def load_offerings(settings: Settings | None = None, live: Sequence[Offering] = 
                 offerings, entry.offerings, [(provider, k) for k in entry.replaces_kinds]
             )
     if live:
-        offerings = merge_offerings(offerings, live)
+        offerings = merge_offerings(offerings, [canonical_gpu(o) for o in live])
     return offerings
+
+
+def canonical_gpu(o: Offering) -> Offering:
+    """`o` with its GPU under the canonical name when a provider used another spelling ("RTX 4090",
+    "NVIDIA H100 80GB HBM3"); unknown spellings stay as they are (placement rejects them, by name)."""
+    if o.gpu is None:
+        return o
+    gpus = load_gpus()
+    if o.gpu in gpus.specs:
+        return o
+    found = gpus.find(o.gpu)
+    return replace(o, gpu=found) if found else o
 
 
 # -- queries -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ capability report now. The server includes this router behind its auth dependenc
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from argosy.core.config import load_settings
 from argosy.core.errors import ArgosyError
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
+log = logging.getLogger(__name__)
 
 # The simulator provider joins only when asked for: its invented prices would win real plans.
 LIVE_SOURCES_DEFAULT = ("local",)
@@ -42,10 +44,15 @@ def offerings_dependency() -> list[Offering]:
     settings = load_settings()
     live: list[Offering] = []
     for name in LIVE_SOURCES_DEFAULT:
-        if name in PROVIDERS.names():
+        if name not in PROVIDERS.names():
+            continue
+        try:
             provider = get_provider(name, settings)
             if isinstance(provider, Offerings):
                 live.extend(provider.offerings())
+        except ArgosyError as exc:
+            # One provider that cannot list its offerings must not take the catalog down with it.
+            log.warning("%s live offerings unavailable: %s", name, exc.message)
     return load_offerings(settings, live=live)
 
 

@@ -15,7 +15,8 @@ REQUIRED_GPUS = [
 REQUIRED_PROVIDERS = {
     "lambda",
     "runpod",
-    "vastai",
+    "runpod-serverless",
+    "vast",
     "linode",
     "gcp",
     "aws",
@@ -84,7 +85,7 @@ def test_snapshot_rows_are_complete() -> None:
     for needed in [
         ("runpod", "vm"),
         ("runpod", "spot"),
-        ("runpod", "serverless"),
+        ("runpod-serverless", "serverless"),
         ("gcp", "spot"),
         ("aws", "spot"),
     ]:
@@ -111,3 +112,22 @@ def test_every_offering_region_has_carbon_intensity() -> None:
 def test_every_gpu_in_the_table_is_offered_somewhere_or_specced() -> None:
     offered = {o.gpu for o in snapshot_offerings()}
     assert {"H100-SXM", "A100-80GB", "L4", "T4", "RTX4090", "MI300X", "B200"} <= offered
+
+
+def test_live_offerings_get_canonical_gpu_names() -> None:
+    from argosy.catalog import Offering, load_offerings
+
+    live = Offering("vast", "us", "offer-1", "NVIDIA GeForce RTX 4090", 1, "vm", 0.3)
+    weird = Offering("vast", "us", "offer-2", "Mystery 9000", 1, "vm", 0.1)
+    merged = {o.instance_type: o for o in load_offerings(live=[live, weird])}
+    assert merged["offer-1"].gpu == "RTX4090"
+    assert merged["offer-2"].gpu == "Mystery 9000"  # left as is; placement rejects it as unknown
+
+
+def test_snapshot_providers_are_registry_names() -> None:
+    # A chosen offering must name the provider that can create it.
+    from argosy.providers.registry import PROVIDERS
+
+    registered = set(PROVIDERS.names())
+    without_provider = {o.provider for o in snapshot_offerings()} - registered
+    assert without_provider <= {"azure"}, without_provider  # Azure has prices but no provider module yet

@@ -67,17 +67,17 @@ def test_runpod_gpu_types(cat_settings, price_server):  # type: ignore[no-untype
     # Price 0 means "not offered in this tier": never a free GPU.
     assert ("H100-SXM", "vm", "community") not in live
     assert all(p > 0 for p in live.values())
-    # Serverless rows come from the snapshot still: gpuTypes does not price serverless.
-    assert [o for o in load_offerings(cat_settings) if o.provider == "runpod" and o.kind == "serverless"]
+    # Serverless (the runpod-serverless provider) stays on the snapshot: gpuTypes does not price it.
+    assert [o for o in load_offerings(cat_settings) if o.provider == "runpod-serverless"]
 
 
 def test_vastai_offer_search(cat_settings, price_server):  # type: ignore[no-untyped-def]
     price_server.route("GET", "/api/v0/bundles/", fixture="vastai_bundles.json")
-    [outcome] = _run(cat_settings, price_server, "vastai", {"VAST_API_KEY": "vk"})
+    [outcome] = _run(cat_settings, price_server, "vast", {"VAST_API_KEY": "vk"})
     assert outcome.status == "live", outcome
     q = price_server.seen[0].query
     assert "verified" in httpx.QueryParams(q)["q"]
-    live = {(o.instance_type, o.kind): o for o in _live(cat_settings, "vastai")}
+    live = {(o.instance_type, o.kind): o for o in _live(cat_settings, "vast")}
     rtx = live[("offer-8123401", "vm")]
     assert (rtx.gpu, rtx.region, rtx.price_per_hour, rtx.extra["reliability"]) == (
         "RTX4090",
@@ -236,7 +236,7 @@ def test_staleness_follows_ttl(cat_settings, price_server):  # type: ignore[no-u
 
 
 def test_every_fetcher_documents_its_api() -> None:
-    assert set(FETCHERS) == {"lambda", "runpod", "vastai", "azure", "aws", "gcp"}
+    assert set(FETCHERS) == {"lambda", "runpod", "vast", "azure", "aws", "gcp"}
     assert FETCHERS["azure"].credentials == ()  # Azure's retail prices need no account
     for spec in FETCHERS.values():
         assert spec.doc_url.startswith("https://")

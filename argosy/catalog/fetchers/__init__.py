@@ -29,8 +29,8 @@ FETCHERS: MappingProxyType[str, FetcherSpec] = MappingProxyType(
             "https://api.runpod.io",
             runpod.fetch,
         ),
-        "vastai": FetcherSpec(
-            "vastai",
+        "vast": FetcherSpec(
+            "vast",
             "GET /api/v0/bundles/",
             vastai.DOC_URL,
             ("VAST_API_KEY",),

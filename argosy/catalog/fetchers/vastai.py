@@ -37,7 +37,7 @@ def fetch(ctx: FetchContext) -> FetchResult:
         params={"q": json.dumps(QUERY)},
         headers={"Authorization": f"Bearer {key}"},
     )
-    check_response(resp, "vastai")
+    check_response(resp, "vast")
     when = iso_now(ctx.now)
     source = f"Vast.ai API {ctx.base_url}/api/v0/bundles/"
     gpus = load_gpus()
@@ -50,7 +50,7 @@ def fetch(ctx: FetchContext) -> FetchResult:
             skipped.append(f"offer {offer.get('id')}: unknown GPU '{offer.get('gpu_name')}'")
             continue
         common = dict(
-            provider="vastai",
+            provider="vast",
             region=region_of(offer.get("geolocation")),
             instance_type=f"offer-{offer['id']}",
             gpu=gpu,

@@ -345,10 +345,18 @@ class MicroVMBackend:
                     made.add(d)
                     entries.append((d, 0o040755, b""))
             entries.append(("job/files/" + name, 0o100644, data))
-        with tempfile.NamedTemporaryFile(prefix="argosy-vm-", suffix=".cpio") as initrd:
+        # QEMU runs as the sandbox uid when the agent is root, and the image may sit in a home dir
+        # it cannot traverse: hand it the kernel and the initrd as open files (/dev/fd/N).
+        with (
+            tempfile.TemporaryFile(prefix="argosy-vm-", suffix=".cpio") as initrd,
+            self.kernel.open("rb") as kernel,
+        ):
             initrd.write(self.initramfs.read_bytes())
             initrd.write(_cpio(entries))
             initrd.flush()
+            if os.geteuid() == 0:
+                # Opening /dev/fd/N re-checks the file's own permissions: let the sandbox uid read it.
+                os.fchown(initrd.fileno(), self.config.uid, self.config.gid)
             qemu_argv = [
                 self.qemu or QEMU,
                 "-M", "microvm,x-option-roms=off,rtc=on,pit=on,pic=on",
@@ -358,16 +366,29 @@ class MicroVMBackend:
                 "-smp", "1",
                 "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
                 "-serial", "stdio",
-                "-kernel", str(self.kernel),
-                "-initrd", initrd.name,
+                "-kernel", f"/dev/fd/{kernel.fileno()}",
+                "-initrd", f"/dev/fd/{initrd.fileno()}",
                 "-append", KERNEL_ARGS,
+                # QEMU's own seccomp filter: no exec, no privilege changes, no obsolete or
+                # resource-control syscalls.
+                "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             ]  # fmt: skip
-            return self._watch(qemu_argv, limits)
+            setpriv = shutil.which("setpriv")
+            if os.geteuid() == 0 and setpriv:
+                # Drop to the sandbox uid before QEMU starts (its -runas would need setgid after
+                # its own filter forbids it).
+                ids = [f"--reuid={self.config.uid}", f"--regid={self.config.gid}", "--clear-groups"]
+                qemu_argv = [setpriv, *ids, "--", *qemu_argv]
+            return self._watch(qemu_argv, limits, (kernel.fileno(), initrd.fileno()))
 
-    def _watch(self, qemu_argv: list[str], limits: Limits) -> ProcessResult:
+    def _watch(self, qemu_argv: list[str], limits: Limits, fds: tuple[int, ...] = ()) -> ProcessResult:
         t0 = time.monotonic()
         proc = subprocess.Popen(
-            qemu_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            qemu_argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=fds,
         )
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)

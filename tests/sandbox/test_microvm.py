@@ -67,6 +67,33 @@ def test_python_runs_in_a_vm(vm_config: SandboxConfig) -> None:
 
 
 @pytest.mark.slow
+def test_qemu_runs_unprivileged(vm_config: SandboxConfig) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("as a non-root agent QEMU runs as the agent's user")
+    import threading
+
+    import psutil
+
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set() and not seen:
+            for p in psutil.process_iter(["name", "uids"]):
+                if p.info["name"] == "qemu-system-x86_64" and p.info["uids"]:
+                    seen.append(p.info["uids"].real)
+            stop.wait(0.05)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    res = MicroVMBackend(vm_config).run_job(["sh", "-c", "echo up"], Limits(20000, 64, 1, 4096, 16, 1), {})
+    stop.set()
+    t.join()
+    assert res.stdout == b"up\n"
+    assert seen and set(seen) == {vm_config.uid}
+
+
+@pytest.mark.slow
 def test_vm_timeout_and_memory(vm_config: SandboxConfig) -> None:
     vm = MicroVMBackend(vm_config)
     res = vm.run_job(["python3", "-c", "while True: pass"], Limits(1000, 128, 1, 4096, 16, 1), {})

@@ -29,9 +29,11 @@ from argosy.catalog import (
 from argosy.core.config import Settings, load_settings
 from argosy.core.errors import ArgosyError, ConfigError
 
-# Providers whose own live offerings are merged in by default. The fake provider also implements
-# Offerings but is a simulator: its made-up prices would win real plans, so it joins only when named.
-LIVE_SOURCES_DEFAULT = ("local",)
+# Providers whose Offerings are merged in by default: ones that answer without network calls (this
+# machine; the serverless providers' published list prices). Cloud providers' live listings come in
+# through `argosy catalog refresh` instead, and the fake provider (a simulator whose invented prices
+# would win real plans) only when named with --provider.
+LIVE_SOURCES_DEFAULT = ("local", "modal", "runpod-serverless", "baseten", "cloudrun")
 OUTPUTS = ("table", "json")
 
 

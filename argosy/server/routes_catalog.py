@@ -32,8 +32,9 @@ from argosy.core.errors import ArgosyError
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
 log = logging.getLogger(__name__)
 
-# The simulator provider joins only when asked for: its invented prices would win real plans.
-LIVE_SOURCES_DEFAULT = ("local",)
+# Providers whose Offerings answer without network calls: this machine and the serverless providers'
+# published list prices. The fake provider (a simulator) is left out: its invented prices would win.
+LIVE_SOURCES_DEFAULT = ("local", "modal", "runpod-serverless", "baseten", "cloudrun")
 
 
 def offerings_dependency() -> list[Offering]:

@@ -67,8 +67,10 @@ def test_runpod_gpu_types(cat_settings, price_server):  # type: ignore[no-untype
     # Price 0 means "not offered in this tier": never a free GPU.
     assert ("H100-SXM", "vm", "community") not in live
     assert all(p > 0 for p in live.values())
-    # Serverless (the runpod-serverless provider) stays on the snapshot: gpuTypes does not price it.
-    assert [o for o in load_offerings(cat_settings) if o.provider == "runpod-serverless"]
+    # RunPod community rows of the snapshot are replaced too: a complete listing says what exists now.
+    assert not [
+        o for o in load_offerings(cat_settings) if o.provider == "runpod" and o.region == "community-EU"
+    ]
 
 
 def test_vastai_offer_search(cat_settings, price_server):  # type: ignore[no-untyped-def]
@@ -190,10 +192,10 @@ def test_gcp_billing_catalog_sums_gpu_core_and_ram(cat_settings, price_server): 
 
 
 def test_no_credentials_keeps_snapshot(cat_settings) -> None:  # type: ignore[no-untyped-def]
-    outcomes = {o.provider: o for o in refresh(cat_settings, ["lambda", "runpod", "modal"], env={}, now=NOW)}
+    outcomes = {o.provider: o for o in refresh(cat_settings, ["lambda", "runpod", "linode"], env={}, now=NOW)}
     assert outcomes["lambda"].status == "snapshot" and "LAMBDA_API_KEY" in outcomes["lambda"].detail
     assert "export LAMBDA_API_KEY" in (outcomes["lambda"].fix or "")
-    assert outcomes["modal"].status == "snapshot" and "no public price API" in outcomes["modal"].detail
+    assert outcomes["linode"].status == "snapshot" and "no public price API" in outcomes["linode"].detail
     assert not (cat_settings.cache_dir / "catalog").exists()
     assert load_offerings(cat_settings) == snapshot_offerings()
 

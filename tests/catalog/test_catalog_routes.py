@@ -17,8 +17,12 @@ def client(cat_settings) -> TestClient:  # type: ignore[no-untyped-def]
 
     app = FastAPI()
     app.include_router(router)
-    local = LocalProvider(cat_settings, FakeClock()).offerings()
-    app.dependency_overrides[offerings_dependency] = lambda: load_offerings(cat_settings, live=local)
+    from argosy.providers.registry import get_provider
+
+    live = LocalProvider(cat_settings, FakeClock()).offerings()
+    for name in ("modal", "runpod-serverless", "baseten", "cloudrun"):  # published list prices
+        live += get_provider(name, cat_settings).offerings()
+    app.dependency_overrides[offerings_dependency] = lambda: load_offerings(cat_settings, live=live)
     return TestClient(app)
 
 

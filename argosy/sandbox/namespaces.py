@@ -22,6 +22,7 @@ creates is inside it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -34,6 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from argosy.core.ids import new_id
 from argosy.sandbox import cgroups, seccomp
@@ -236,6 +239,9 @@ class NamespacesBackend:
         self.is_root = os.geteuid() == 0
         self._bpf: bytes | None = None
         self.runs_dir = config.base_dir / "runs"
+        # cgroup names carry the base dir's tag: agents (or tests) with other base dirs share the
+        # cgroup parent, and the stale-cgroup sweep must only touch this one's.
+        self.tag = hashlib.sha1(str(config.base_dir).encode()).hexdigest()[:8]
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -316,6 +322,41 @@ class NamespacesBackend:
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o711)
 
+    def claim(self, run_dir: Path) -> None:
+        """Mark a run dir as this agent's, so a later reaper can tell a crashed agent's leftovers."""
+        (run_dir / "owner").write_text(str(os.getpid()))
+
+    def cleanup_stale(self) -> list[str]:
+        """Remove run dirs whose agent is gone, and cgroups whose run dir is gone (after a crash)."""
+        removed: list[str] = []
+        if self.runs_dir.exists():
+            for d in self.runs_dir.iterdir():
+                try:
+                    pid = int((d / "owner").read_text())
+                except (OSError, ValueError):
+                    # Claimed right after mkdir: only a crash in between leaves none. Old ones go.
+                    if time.time() - d.stat().st_mtime < 3600:
+                        continue
+                    pid = 0
+                if pid and psutil.pid_exists(pid):
+                    continue
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+        parents = [p / cgroups.GROUP_PREFIX for p in self.cgroups.v1_paths.values()]
+        if self.cgroups.v2_root is not None:
+            parents.append(self.cgroups.v2_root / cgroups.GROUP_PREFIX)
+        for parent in parents:
+            if not parent.is_dir():
+                continue
+            for g in parent.iterdir():
+                tag, _, run = g.name.partition("-")
+                # A run's cgroup is made after its run dir and destroyed before it is removed.
+                if g.is_dir() and tag == self.tag and not (self.runs_dir / run).exists():
+                    cgroups.RunCgroup(self.cgroups, g.name).destroy()
+                    if not g.exists():
+                        removed.append(f"cgroup:{parent.parent.name}/{g.name}")
+        return removed
+
     def bwrap_argv(
         self,
         network: bool,
@@ -364,6 +405,7 @@ class NamespacesBackend:
         run_id = new_id("sbx")
         run_dir = self.runs_dir / run_id
         self.make_dir(run_dir, 0o711, sandbox_owned=False)
+        self.claim(run_dir)
         ctl_dir = run_dir / "ctl"
         self.make_dir(ctl_dir, 0o755, sandbox_owned=False)
         if workdir is None:
@@ -414,7 +456,7 @@ class NamespacesBackend:
         try:
             child = self._read_child_pid(info_r, proc)
             if self.cgroups.version != "none":
-                cg = cgroups.RunCgroup(self.cgroups, run_id)
+                cg = cgroups.RunCgroup(self.cgroups, f"{self.tag}-{run_id}")
                 cg.create(Limits(10_000, 256, 1, 1, 64, 64))
                 # Both bwrap processes are blocked; whatever they start from now on inherits the group.
                 cg.attach(proc.pid)

@@ -326,9 +326,11 @@ class LocalRunner:
         if lang.compiled and workdir is None:
             # Compile and run are two sandboxes sharing one work dir: make it here.
             self.backend.ensure_base()
-            own_workdir = self.backend.runs_dir / f"{run_id}-work"
-            self.backend.make_dir(own_workdir)
-            workdir = own_workdir
+            own_workdir = self.backend.runs_dir / run_id
+            self.backend.make_dir(own_workdir, 0o711, sandbox_owned=False)
+            self.backend.claim(own_workdir)
+            workdir = own_workdir / "work"
+            self.backend.make_dir(workdir)
         owner = self.backend._owner() if self.backend.is_root else None
         try:
             if lang.compiled:
@@ -612,7 +614,7 @@ class LocalRunner:
     # -- reaping -----------------------------------------------------------------------------------
 
     def reap(self) -> dict[str, list[str]]:
-        """Kill runs past their lifetime and remove expired sessions; returns what was reaped."""
+        """Kill runs past their lifetime, remove expired sessions and a crashed agent's leftovers."""
         now = self.clock.now()
         killed = []
         with self._lock:
@@ -631,7 +633,9 @@ class LocalRunner:
                 if meta["expires_at"] <= now:
                     shutil.rmtree(d, ignore_errors=True)
                     expired.append(d.name)
-        return {"runs": killed, "sessions": expired}
+        # Leftovers of an agent that crashed (run dirs, cgroups): not clock-driven, they are orphans.
+        stale = self.backend.cleanup_stale()
+        return {"runs": killed, "sessions": expired, "stale": stale}
 
     # -- doctor ------------------------------------------------------------------------------------
 

@@ -56,12 +56,27 @@ def _wait_ready(client: ArgosyClient, name: str, timeout: float) -> dict[str, An
             time.sleep(0.5)
 
 
+def _print_placement(placement: dict[str, Any]) -> None:
+    for line in placement["explanation"]:
+        err.print(escape(line), highlight=False)
+    skipped = placement.get("skipped_providers") or {}
+    if skipped:
+        err.print(
+            "Not considered (set up with `argosy check`): "
+            + "; ".join(f"{k} ({v})" for k, v in skipped.items()),
+            highlight=False,
+            markup=False,
+        )
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def deploy(
         model: str = typer.Argument(..., help="Model directory (Hugging Face format or GGUF)."),
         name: str = typer.Option(None, "--name", "-n", help="Deployment name (default: from the model)."),
-        provider: str = typer.Option("local", "--provider", "-p", help="Where to run the replicas."),
+        provider: str = typer.Option(
+            None, "--provider", "-p", help="Where to run the replicas (default: placement chooses)."
+        ),
         replicas: int = typer.Option(1, "--replicas", "-r", min=0, max=64),
         engine: str = typer.Option(None, "--engine", help="Inference engine (default: llamacpp on CPU)."),
         gpu: str = typer.Option(None, "--gpu", help="GPU type to run on."),
@@ -94,6 +109,8 @@ def register(app: typer.Typer) -> None:
                 emit_json(plan)
             else:
                 err.print(f"[bold]plan for '{plan['name']}'[/] (nothing was changed)")
+                if plan.get("placement"):
+                    _print_placement(plan["placement"])
                 text = plan.pop("fallback_text", None)
                 plan.pop("fallback_plan", None)
                 typer.echo(json.dumps(plan, indent=2, default=str))
@@ -102,6 +119,8 @@ def register(app: typer.Typer) -> None:
             return
         dep = res["deployment"]
         o = plan["offering"]
+        if plan.get("placement"):
+            _print_placement(plan["placement"])
         err.print(
             f"deploying [bold]{dep['name']}[/]: {plan['engine']} on {o['provider']}/{o['instance_type']} "
             f"x{plan['replicas']} at {money(plan['estimated_cost_per_hour'])}/h",

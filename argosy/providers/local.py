@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from datetime import UTC, datetime
 
 from argosy.catalog.types import Offering
 from argosy.core import proc
-from argosy.core.clock import Clock
+from argosy.core.clock import Clock, iso
 from argosy.core.config import Settings
 from argosy.core.errors import NotFoundError, ProviderError
 from argosy.core.host import detect_gpus
@@ -32,7 +31,7 @@ class LocalProvider:
     # -- Offerings ---------------------------------------------------------------------------
     def offerings(self) -> list[Offering]:
         cfg = self.settings.providers.local
-        today = datetime.now(tz=UTC).date().isoformat()
+        today = iso(self.clock.now())  # read now: this machine's offering is always current
         cpus = os.cpu_count() or 1
         import psutil
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from argosy.store.models import Deployment, Replica
 class DeployRequest:
     model: str
     name: str | None = None
-    provider: str = "local"
+    provider: str | None = None  # None: placement chooses
     engine: str | None = None
     replicas: int = 1
     engine_args: dict[str, Any] = field(default_factory=dict)
@@ -40,7 +41,7 @@ def default_name(model: str) -> str:
 
 def validate(req: DeployRequest, engines: list[str], default_engine: str) -> DeployRequest:
     """Check a request before anything is recorded; errors say what to do."""
-    if req.provider not in PROVIDERS.names():
+    if req.provider is not None and req.provider not in PROVIDERS.names():
         near = did_you_mean(req.provider, PROVIDERS.names())
         raise ArgosyError(
             f"unknown provider '{req.provider}'." + (f" Did you mean '{near}'?" if near else ""),
@@ -71,7 +72,7 @@ def validate(req: DeployRequest, engines: list[str], default_engine: str) -> Dep
                 fix="point at a Hugging Face-format model directory or a GGUF file",
             )
         model = str(p)
-    elif req.provider == "local":
+    elif req.provider in (None, "local"):
         raise ArgosyError(
             f"'{req.model}' is not a local path, and this machine cannot download models from a hub",
             fix="download the model first and deploy its directory, or try `argosy model make-tiny ./tiny`",
@@ -115,14 +116,33 @@ def choose_offering(provider: Any, gpu: str | None = None) -> tuple[Offering, li
 
 def plan_deployment(
     req: DeployRequest,
-    provider: Any,
+    provider_for: Callable[[str], Any],
     engine_plan: dict[str, Any],
     server_url: str,
     fallback: str | None = None,
     settings: Any = None,
 ) -> dict[str, Any]:
-    """What `deploy` would do, with no side effects (`--dry-run`)."""
-    offering, fallbacks = choose_offering(provider, req.gpu)
+    """What `deploy` would do, with no side effects (`--dry-run`).
+
+    With no provider named, catalog placement chooses the offering (and its fallbacks) among the
+    providers that can run replicas now; the explanation says why.
+    """
+    placement: dict[str, Any] | None = None
+    if req.provider is None:
+        from argosy.serve.placing import place_deployment
+
+        chosen, ordered, skipped = place_deployment(req.model, req.gpu, settings, provider_for)
+        offering, fallbacks = ordered[0], ordered[1:]
+        req.provider = offering.provider
+        placement = {
+            "explanation": chosen.explanation,
+            "skipped_providers": skipped,
+            "strategy": chosen.strategy,
+        }
+        provider = provider_for(req.provider)
+    else:
+        provider = provider_for(req.provider)
+        offering, fallbacks = choose_offering(provider, req.gpu)
     node_plan = None
     if isinstance(provider, Instances):
         p = provider.plan(
@@ -140,6 +160,7 @@ def plan_deployment(
         extra = {"fallback_plan": fp.to_dict(), "fallback_text": render_fallback_plan(fp)}
     return {
         **extra,
+        "placement": placement,
         "name": req.name,
         "model": req.model,
         "engine": req.engine,

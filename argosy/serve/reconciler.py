@@ -262,21 +262,15 @@ class DeploymentReconciler:
             node.address = inst.address
 
     def _place(self, s: Session, dep: Deployment, r: Replica, now: float) -> None:
-        provider = self.providers(dep.provider)
-        if not isinstance(provider, Instances):
-            self._fail(
-                s,
-                dep,
-                r,
-                "failed",
-                f"provider '{dep.provider}' cannot run replicas (it has no Instances)",
-                now,
-            )
-            return
         candidates = [dep.spec.get("offering", {}), *dep.spec.get("fallback_offerings", [])]
         errors = []
         for cand in candidates:
             offering = offering_from(cand)
+            # Fallbacks may be on other providers (placement ranks across them).
+            provider = self.providers(offering.provider or dep.provider)
+            if not isinstance(provider, Instances):
+                errors.append(f"{offering.key}: provider '{provider.name}' cannot run replicas")
+                continue
             req = InstanceRequest(
                 name=f"{dep.name}-{r.id[-6:]}",
                 offering=offering,

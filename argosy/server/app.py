@@ -37,7 +37,7 @@ class DeployBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     name: str | None = None
-    provider: str = "local"
+    provider: str | None = None
     engine: str | None = None
     replicas: int = Field(1, ge=0, le=64)
     engine_args: dict[str, Any] = {}
@@ -137,9 +137,13 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
             engine_glue.engine_names(),
             settings.engine.default,
         )
-        provider = state.provider(req.provider)
         plan = dep_svc.plan_deployment(
-            req, provider, engine_glue.engine_plan(req, settings), state.server_url, body.fallback, settings
+            req,
+            state.provider,
+            engine_glue.engine_plan(req, settings),
+            state.server_url,
+            body.fallback,
+            settings,
         )
         if body.dry_run:
             return {"dry_run": True, "plan": plan}

@@ -42,7 +42,7 @@ class World:
             ["llamacpp"],
             "llamacpp",
         )
-        plan = dep_svc.plan_deployment(req, self.fake, {}, "http://server")
+        plan = dep_svc.plan_deployment(req, lambda _n: self.fake, {}, "http://server")
         with self.store.session() as s:
             dep_svc.create(s, req, plan, self.clock.now())
 

@@ -191,6 +191,9 @@ class WarmPool:
         self._wake.set()
         for p in items:
             p.close()
+        # Wait out a sandbox the thread may be starting right now, so nothing is left behind.
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=15)
 
 
 @dataclass

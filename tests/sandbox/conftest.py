@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,17 @@ def fresh_config(**kw: object) -> SandboxConfig:
     # and /tmp/pytest-of-root is 0700.
     base = default_base_dir().parent / f"argosy-test-{uuid.uuid4().hex[:10]}"
     return SandboxConfig(base_dir=base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_base_dirs() -> Iterator[None]:
+    """Every base dir fresh_config made during the session goes at its end."""
+    started = time.time()
+    yield
+    for d in default_base_dir().parent.glob("argosy-test-*"):
+        with contextlib.suppress(OSError):
+            if d.stat().st_mtime >= started - 1:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

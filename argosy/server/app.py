@@ -103,9 +103,13 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
         yield
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        runner = getattr(_app.state, "sandbox_runner", None)
+        if runner is not None:  # created on first use; its pool and reaper stop with the server
+            await asyncio.to_thread(runner.close)
         await asyncio.to_thread(shutdown_local, state)
 
     app = FastAPI(title="Argosy", version=argosy.__version__, lifespan=lifespan)
+    app.state.clock = clock  # areas that create their own workers (sandbox runner) share the clock
 
     @app.exception_handler(ArgosyError)
     async def _argosy_error(_req: Request, exc: ArgosyError) -> JSONResponse:

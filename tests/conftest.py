@@ -11,8 +11,10 @@ import pytest
 
 from argosy.core.config import Settings, ensure_home, parse_config
 
-# Built engines and converted models are cached here across tests and runs (outside the repo).
-TEST_CACHE = Path(os.environ.get("ARGOSY_TEST_CACHE", Path.home() / ".cache" / "argosy-test"))
+# Built engines and converted models are cached across tests and runs, outside the repo. By default
+# the tests share the user's cache (ARGOSY_HOME's default), so `make demo` and `make test` build
+# llama-server once between them; ARGOSY_TEST_CACHE points them elsewhere.
+TEST_CACHE = Path(os.environ.get("ARGOSY_TEST_CACHE") or Path.home() / ".argosy" / "cache")
 
 
 @pytest.fixture

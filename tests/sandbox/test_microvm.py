@@ -16,10 +16,10 @@ from argosy.sandbox.microvm import MicroVMBackend, _cpio
 from argosy.sandbox.models import ExecRequest
 from argosy.sandbox.service import LocalRunner
 
-from .conftest import fresh_config
-
 # Shared with the other test builds (tests/conftest.py): the kernel download is cached across runs.
-TEST_CACHE = Path(os.environ.get("ARGOSY_TEST_CACHE", Path.home() / ".cache" / "argosy-test"))
+from tests.conftest import TEST_CACHE  # noqa: E402  (one definition for the whole suite)
+
+from .conftest import fresh_config
 
 
 def test_cpio_archive_is_newc() -> None:

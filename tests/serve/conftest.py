@@ -7,7 +7,6 @@ so the whole suite, and later runs, build llama-server at most once.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from argosy.core.config import Settings, ensure_home, parse_config
 
 # Same place as tests/conftest.py's TEST_CACHE: built engines are shared by the whole suite.
-TEST_CACHE = Path(os.environ.get("ARGOSY_TEST_CACHE", Path.home() / ".cache" / "argosy-test"))
+from tests.conftest import TEST_CACHE  # noqa: E402  (one definition for the whole suite)
 
 needs_engine_extra = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "tokenizers")),

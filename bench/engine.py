@@ -31,6 +31,13 @@ from argosy.serve.engines.registry import get_engine
 from argosy.serve.engines.runtime import wait_ready
 
 
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 async def _one(client: httpx.AsyncClient, url: str, max_tokens: int) -> int:
     r = await client.post(
         url + "/v1/chat/completions",
@@ -96,7 +103,7 @@ def main() -> None:
     try:
         wait_ready(cmd, pid=eng.pid, timeout=120, log_path=work / "engine.log")
         routed = f"http://127.0.0.1:{router_port}"
-        if not proc.wait_until(lambda: httpx.get(routed + "/health", timeout=1).status_code == 200, 30):
+        if not proc.wait_until(lambda: _up(routed + "/health"), 30):
             sys.exit("the router did not start; see " + str(work / "router.log"))
         asyncio.run(_round(cmd.base_url, 1, 2, 8))  # warm-up both paths
         asyncio.run(_round(routed, 1, 2, 8))

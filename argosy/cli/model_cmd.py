@@ -21,7 +21,7 @@ def _progress(console: Console, status: object) -> Progress:
     def report(message: str, fraction: float | None = None) -> None:
         status.update(f"[bold]{message}")  # type: ignore[attr-defined]
         if fraction is not None and fraction >= 1.0:
-            console.print(f"  {message}", highlight=False)
+            console.print(f"  {message}", highlight=False, soft_wrap=True)
 
     return report
 
@@ -54,7 +54,11 @@ def make_tiny(
         print(json.dumps(data))
         return
     if info.seconds == 0.0:
-        console.print(f"[green]reused[/] {info.path} (made earlier with seed {info.seed})", highlight=False)
+        console.print(
+            f"[green]reused[/] {info.path} (made earlier with seed {info.seed})",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     console.print(
         f"[green]made[/] {info.path}: {info.arch}, {info.parameters / 1e6:.1f}M parameters, "
@@ -76,7 +80,9 @@ def to_gguf(
     started = time.monotonic()
     with console.status("converting") as status:
         out = ensure_gguf(path, settings, outtype=outtype, progress=_progress(console, status))
-    console.print(f"[green]gguf[/] {out} ({time.monotonic() - started:.1f} s)", highlight=False)
+    console.print(
+        f"[green]gguf[/] {out} ({time.monotonic() - started:.1f} s)", highlight=False, soft_wrap=True
+    )
 
 
 @model_app.command("build-engine")
@@ -89,7 +95,11 @@ def build_engine() -> None:
     started = time.monotonic()
     with console.status("looking for llama-server") as status:
         binary = ensure_llama_server(settings, progress=_progress(console, status))
-    console.print(f"[green]llama-server[/] {binary} ({time.monotonic() - started:.1f} s)", highlight=False)
+    console.print(
+        f"[green]llama-server[/] {binary} ({time.monotonic() - started:.1f} s)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @model_app.command("engines")
@@ -106,7 +116,7 @@ def engines(output: str = typer.Option("text", "-o", "--output", help="text or j
         return
     console = Console()
     for r in rows:
-        console.print(f"[bold]{r['name']:10}[/] {r['summary']}", highlight=False)
+        console.print(f"[bold]{r['name']:10}[/] {r['summary']}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -285,14 +285,23 @@ def _build(settings: Settings, version: str, tree: Path, progress: Progress) -> 
 
 
 def _run_logged(argv: list[str], log: TextIO, log_path: Path, progress: Progress, what: str) -> None:
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    # Own process group, so an interrupted build (Ctrl-C, a test timeout) takes its compilers down
+    # with it instead of leaving them writing into a build dir the next builder will wipe.
+    p = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True
+    )
     assert p.stdout is not None
-    for line in p.stdout:
-        log.write(line)
-        m = _STEP.match(line)
-        if m:
-            done, total = int(m.group(1)), int(m.group(2))
-            progress(f"building {BINARY} [{done}/{total}]", done / total)
+    try:
+        for line in p.stdout:
+            log.write(line)
+            m = _STEP.match(line)
+            if m:
+                done, total = int(m.group(1)), int(m.group(2))
+                progress(f"building {BINARY} [{done}/{total}]", done / total)
+    except BaseException:
+        proc.stop(p.pid, timeout=5)
+        p.wait()
+        raise
     if p.wait() != 0:
         log.flush()
         raise _build_failed(f"llama.cpp {what} failed (exit {p.returncode})", log_path)

@@ -156,3 +156,24 @@ def test_launcher_keeps_o3_only_for_per_token_code(tmp_path: Path) -> None:
     assert flags(build / "src" / "CMakeFiles" / "llama.dir" / "Unity" / "unity_0_cxx.cxx").startswith("-O3 ")
     assert flags(tree / "tools" / "server" / "server-http.cpp").startswith(f"{lb.COLD_OPT} ")
     assert flags(tree / "common" / "arg.cpp").startswith(f"{lb.COLD_OPT} ")
+
+
+def test_interrupted_build_leaves_no_compiler_running(tmp_path: Path) -> None:
+    import os
+
+    import psutil
+
+    script = tmp_path / "slow.sh"
+    script.write_text("#!/bin/sh\necho '[1/2] step'\nsleep 30 & wait\n")
+    script.chmod(0o755)
+    seen: list[int] = []
+
+    def progress(message: str, fraction: float | None = None) -> None:
+        seen.extend(c.pid for c in psutil.Process(os.getpid()).children(recursive=True))
+        raise KeyboardInterrupt  # what Ctrl-C or a test timeout does mid-build
+
+    with (tmp_path / "b.log").open("w") as log, pytest.raises(KeyboardInterrupt):
+        lb._run_logged([str(script)], log, tmp_path / "b.log", progress, "build")
+    assert seen and not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in seen
+    )

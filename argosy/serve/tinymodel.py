@@ -267,3 +267,42 @@ def make_tiny_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(out)
     return TinyModelInfo(out, arch, seed, params, vocab, time.monotonic() - started)
+
+
+def make_tiny_lora(base: Path | str, path: Path | str, seed: int = 0, rank: int = 8) -> Path:
+    """A random PEFT-format LoRA adapter (q/v projections) for a tiny model: lets tests serve an
+    adapter on both engines without the `train` extra. Deterministic for a seed."""
+    torch, _ = _require_engine_deps()
+    from safetensors.torch import save_file
+
+    base_dir = Path(base).expanduser().resolve()
+    cfg = json.loads((base_dir / "config.json").read_text())
+    out = Path(path).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise ArgosyError(f"{out} already exists and is not empty", fix="choose a new path, or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    hidden, heads, kv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+    outs = {"q_proj": heads * head_dim, "v_proj": kv * head_dim}
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, out_dim in outs.items():
+            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
+            # B is non-zero (unlike a fresh PEFT init) so the adapter visibly changes the output.
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen) * 0.02
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out_dim, rank, generator=gen) * 0.02
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    adapter_config = {
+        "base_model_name_or_path": str(base_dir),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0,
+        "peft_type": "LORA",
+        "r": rank,
+        "target_modules": sorted(outs),
+        "task_type": "CAUSAL_LM",
+    }
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    return out

@@ -124,3 +124,37 @@ def test_occupied_port_is_reported(
         finally:
             proc.stop(p.pid)
             p.wait(timeout=10)
+
+
+def test_lora_adapter_is_converted_and_served(
+    tiny_model: Path, llama_server: Path, engine_settings: Settings, log_dir: Path, tmp_path: Path
+) -> None:
+    from argosy.serve.engines import LoraSpec
+    from argosy.serve.tinymodel import make_tiny_lora
+
+    adapter = make_tiny_lora(tiny_model, tmp_path / "adapter", seed=0)
+    engine = get_engine("llamacpp")
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
+    replies = []
+    for lora in (None, LoraSpec(str(adapter))):
+        spec = ServingSpec(model=str(tiny_model), served_name="tiny", port=free_port(), parallel=1, lora=lora)
+        prepared = engine.prepare(spec, engine_settings)
+        if lora:
+            assert prepared.lora and prepared.lora.endswith(".gguf")
+        cmd = engine.command(spec, prepared)
+        log = log_dir / f"lora-{bool(lora)}.log"
+        p = proc.spawn(list(cmd.argv), log, env={**os.environ, **cmd.env})
+        try:
+            wait_ready(cmd, pid=p.pid, timeout=60, log_path=log)
+            r = httpx.post(cmd.base_url + "/v1/chat/completions", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+            replies.append(r.json()["choices"][0]["message"]["content"])
+        finally:
+            proc.stop(p.pid)
+            p.wait(timeout=10)
+    assert replies[0] != replies[1]  # the adapter changes greedy output

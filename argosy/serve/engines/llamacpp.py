@@ -6,8 +6,6 @@ and Prometheus `/metrics`. An HF-format model dir is converted to GGUF on the no
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from argosy.core.config import Settings
 from argosy.core.errors import ArgosyError
 from argosy.serve.engines.base import (
@@ -117,7 +115,3 @@ class LlamaCppEngine:
 
     def cleanup(self, prepared: Prepared) -> None:
         """Nothing per-run to remove: the binary and GGUF files are shared caches."""
-
-
-def is_gguf(path: str) -> bool:
-    return Path(path).suffix == ".gguf"

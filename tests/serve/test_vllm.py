@@ -61,3 +61,40 @@ def test_vllm_cpu_serves_the_tiny_model(tiny_model: Path, engine_settings: Setti
         p.wait(timeout=20)
         engine.cleanup(prepared)
     assert not Path(dict(prepared.env)["TMPDIR"]).exists()
+
+
+@pytest.mark.slow
+@needs_engine_extra
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not HAVE_VLLM, reason="vllm-cpu is opt-in and not installed")
+def test_vllm_cpu_serves_a_lora_under_the_deployment_name(
+    tiny_model: Path, engine_settings: Settings, tmp_path: Path
+) -> None:
+    from argosy.serve.engines import LoraSpec
+    from argosy.serve.tinymodel import make_tiny_lora
+
+    adapter = make_tiny_lora(tiny_model, tmp_path / "adapter")
+    engine = get_engine("vllm")
+    spec = ServingSpec(
+        model=str(tiny_model),
+        served_name="tiny",
+        port=free_port(),
+        parallel=2,
+        context=1024,
+        lora=LoraSpec(str(adapter)),
+    )
+    prepared = engine.prepare(spec, engine_settings)
+    cmd = engine.command(spec, prepared)
+    log = tmp_path / "vllm-lora.log"
+    p = proc.spawn(list(cmd.argv), log, env={**os.environ, **cmd.env})
+    try:
+        wait_ready(cmd, pid=p.pid, timeout=300, log_path=log)
+        ids = {m["id"] for m in httpx.get(cmd.base_url + "/v1/models", timeout=10).json()["data"]}
+        assert {"tiny", "tiny-base"} <= ids
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+        r = httpx.post(cmd.base_url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+    finally:
+        proc.stop(p.pid, timeout=20)
+        p.wait(timeout=20)
+        engine.cleanup(prepared)

@@ -1,7 +1,7 @@
 """Fixtures for engine tests: one tiny model per session, the llama-server binary built at most once.
 
-The binary and GGUF files go to the shared test cache (`TEST_CACHE`, default ~/.cache/argosy-test),
-so the whole suite, and later runs, build llama-server at most once.
+The binary and GGUF files go to the suite's shared cache (`tests.conftest.TEST_CACHE`), so the
+whole suite, later runs and `make demo` build llama-server at most once per machine.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 from argosy.core.config import Settings, ensure_home, parse_config
-
-# Same place as tests/conftest.py's TEST_CACHE: built engines are shared by the whole suite.
-from tests.conftest import TEST_CACHE  # noqa: E402  (one definition for the whole suite)
+from tests.conftest import TEST_CACHE  # one definition for the whole suite
 
 needs_engine_extra = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "tokenizers")),

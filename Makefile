@@ -40,6 +40,8 @@ demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(TEST_STAMP)
+	@echo "==> llama-server for the end-to-end tests (built once from source, then cached in ~/.argosy/cache)"
+	$(BIN)/argosy model build-engine
 	@echo "==> starting a PostgreSQL server on loopback for the store tests"
 	ARGOSY_TEST_POSTGRES_URL=$$(bash .ci/postgres.sh) $(BIN)/python -m pytest -q
 

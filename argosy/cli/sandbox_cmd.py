@@ -35,7 +35,7 @@ def _runner(local: bool):  # type: ignore[no-untyped-def]
         settings = load_settings()
         running = running_local(settings)
         if settings.server.url or (running is not None and healthy(running.url)):
-            from argosy.sandbox.remote import RemoteRunner
+            from argosy.cli.sandbox_remote import RemoteRunner
 
             return RemoteRunner(connect(console, autostart=False))
     from argosy.sandbox.service import LocalRunner

@@ -30,8 +30,8 @@ from argosy.core.errors import (
     QuotaError,
     RateLimitError,
 )
-from argosy.fleet.bootstrap import render_cloud_init
 from argosy.providers.base import MANAGED_LABEL, CheckResult, Instance, InstanceRequest, InstanceState, Plan
+from argosy.providers.bootstrap import render_cloud_init
 from argosy.providers.clients.http import RetryPolicy
 from argosy.providers.common import (
     NAME_PREFIX,

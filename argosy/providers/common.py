@@ -17,8 +17,8 @@ from pathlib import Path
 from types import ModuleType
 
 from argosy.core.errors import ArgosyError
-from argosy.fleet.bootstrap import BootstrapSpec, validate
 from argosy.providers.base import MANAGED_LABEL, CheckResult, InstanceRequest
+from argosy.providers.bootstrap import BootstrapSpec, validate
 
 NAME_PREFIX = "argosy-"
 NODE_LABEL = "argosy-node"

@@ -32,8 +32,8 @@ from argosy.core.errors import (
     QuotaError,
     RateLimitError,
 )
-from argosy.fleet.bootstrap import render_startup_script
 from argosy.providers.base import MANAGED_LABEL, CheckResult, Instance, InstanceRequest, InstanceState, Plan
+from argosy.providers.bootstrap import render_startup_script
 from argosy.providers.clients.http import RetryPolicy
 from argosy.providers.common import (
     NODE_LABEL,

@@ -17,8 +17,8 @@ from argosy.catalog.types import Offering
 from argosy.core.clock import Clock, SystemClock, iso
 from argosy.core.config import Settings
 from argosy.core.errors import ArgosyError, NotFoundError, ProviderAuthError, ProviderError
-from argosy.fleet.bootstrap import render_cloud_init
 from argosy.providers.base import MANAGED_LABEL, CheckResult, Instance, InstanceRequest, InstanceState, Plan
+from argosy.providers.bootstrap import render_cloud_init
 from argosy.providers.clients.http import RetryPolicy
 from argosy.providers.clients.lambda_api import DEFAULT_BASE_URL, KEYS_URL, LambdaClient
 from argosy.providers.common import (

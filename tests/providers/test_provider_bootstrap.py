@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from argosy.fleet.bootstrap import (
+from argosy.providers.bootstrap import (
     AGENT_ENV_PATH,
     UNIT_PATH,
     BootstrapSpec,

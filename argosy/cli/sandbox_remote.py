@@ -1,4 +1,4 @@
-"""A SandboxRunner that talks to an Argosy server's sandbox API (what the CLI uses with a server)."""
+"""A sandbox runner that forwards to the Argosy server through the SDK (used by the CLI when a server is configured)."""
 
 from __future__ import annotations
 

@@ -15,8 +15,9 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from argosy.core.errors import ArgosyError
+from argosy.core.errors import ArgosyError, ProviderAuthError
 from argosy.providers.base import MANAGED_LABEL, CheckResult, InstanceRequest
 from argosy.providers.bootstrap import BootstrapSpec, validate
 
@@ -192,3 +193,53 @@ def import_sdk(module: str, extra: str) -> ModuleType:
             f"this provider needs the '{module}' package, which is not installed",
             fix=f"pip install 'argosy[{extra}]'",
         ) from exc
+
+
+class KeyedApiProvider:
+    """Construction and the lazily built API client, shared by providers keyed by one API key.
+
+    Subclasses set the class attributes; the client is built on first use so that `plan()` and
+    dry runs need no credentials.
+    """
+
+    name: str
+    KEY_VARS: tuple[str, ...]
+    KEYS_URL: str
+    URL_ENV: str  # overrides the API base URL (tests, proxies)
+    DEFAULT_URL: str
+    client_class: Any  # (api_key, clock, base_url, transport, retry) -> client
+
+    def __init__(
+        self,
+        settings: Any,
+        clock: Any = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        base_url: str | None = None,
+        transport: Any = None,
+        retry: Any = None,
+    ) -> None:
+        from argosy.core.clock import SystemClock
+
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self._env = environ(env)
+        self._base_url = base_url or self._env.get(self.URL_ENV) or self.DEFAULT_URL
+        self._transport = transport
+        self._retry = retry
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            found = first_env(self._env, self.KEY_VARS)
+            if not found:
+                raise ProviderAuthError(
+                    f"{self.name}: {' or '.join(self.KEY_VARS)} is not set",
+                    fix=f"create a key at {self.KEYS_URL}, then `export {self.KEY_VARS[0]}=...`",
+                    provider=self.name,
+                )
+            self._client = self.client_class(
+                found[1], self.clock, self._base_url, self._transport, self._retry
+            )
+        return self._client

@@ -15,24 +15,19 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-import httpx
-
 from argosy.catalog.types import Offering
-from argosy.core.clock import Clock, SystemClock, iso
-from argosy.core.config import Settings
-from argosy.core.errors import ProviderAuthError, ProviderError
+from argosy.core.clock import iso
+from argosy.core.errors import ProviderError
 from argosy.providers.base import MANAGED_LABEL, CheckResult, Instance, InstanceRequest, InstanceState, Plan
 from argosy.providers.bootstrap import render_startup_script
-from argosy.providers.clients.http import RetryPolicy
 from argosy.providers.clients.runpod_api import DEFAULT_URL, KEYS_URL, RunPodClient
 from argosy.providers.common import (
     NAME_PREFIX,
     NODE_LABEL,
+    KeyedApiProvider,
     bootstrap_spec,
     canonical_gpu,
     check_credential,
-    environ,
-    first_env,
     managed_labels,
     node_name,
     require_kind,
@@ -47,39 +42,13 @@ MANAGED_ENV = "ARGOSY_MANAGED"
 START_CMD = "bash -c 'echo \"$ARGOSY_BOOTSTRAP\" | base64 -d | bash; sleep infinity'"
 
 
-class RunPodProvider:
+class RunPodProvider(KeyedApiProvider):
     name = "runpod"
-
-    def __init__(
-        self,
-        settings: Settings,
-        clock: Clock | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        base_url: str | None = None,
-        transport: httpx.BaseTransport | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.settings = settings
-        self.clock = clock or SystemClock()
-        self._env = environ(env)
-        self._url = base_url or self._env.get("ARGOSY_RUNPOD_URL") or DEFAULT_URL
-        self._transport = transport
-        self._retry = retry
-        self._client: RunPodClient | None = None
-
-    @property
-    def client(self) -> RunPodClient:
-        if self._client is None:
-            found = first_env(self._env, KEY_VARS)
-            if not found:
-                raise ProviderAuthError(
-                    "runpod: RUNPOD_API_KEY is not set",
-                    fix=f"create a key at {KEYS_URL}, then `export RUNPOD_API_KEY=...`",
-                    provider=self.name,
-                )
-            self._client = RunPodClient(found[1], self.clock, self._url, self._transport, self._retry)
-        return self._client
+    KEY_VARS = KEY_VARS
+    KEYS_URL = KEYS_URL
+    URL_ENV = "ARGOSY_RUNPOD_URL"
+    DEFAULT_URL = DEFAULT_URL
+    client_class = RunPodClient
 
     def preflight(self) -> list[CheckResult]:
         cred = check_credential(self._env, KEY_VARS, self.name, KEYS_URL)
@@ -114,7 +83,7 @@ class RunPodProvider:
                             kind=kind,
                             price_per_hour=float(price),
                             per_second_billing=True,
-                            source=f"{self._url}/graphql gpuTypes",
+                            source=f"{self._base_url}/graphql gpuTypes",
                             fetched_at=fetched,
                             extra={"per_gpu": "true"},
                         )

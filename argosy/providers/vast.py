@@ -12,24 +12,19 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-import httpx
-
 from argosy.catalog.types import Offering
-from argosy.core.clock import Clock, SystemClock, iso
-from argosy.core.config import Settings
-from argosy.core.errors import ArgosyError, NotFoundError, ProviderAuthError, ProviderError
+from argosy.core.clock import iso
+from argosy.core.errors import ArgosyError, NotFoundError, ProviderError
 from argosy.providers.base import MANAGED_LABEL, CheckResult, Instance, InstanceRequest, InstanceState, Plan
 from argosy.providers.bootstrap import render_startup_script
-from argosy.providers.clients.http import RetryPolicy
 from argosy.providers.clients.vast_api import DEFAULT_BASE_URL, KEYS_URL, VastClient
 from argosy.providers.common import (
     NAME_PREFIX,
     NODE_LABEL,
+    KeyedApiProvider,
     bootstrap_spec,
     canonical_gpu,
     check_credential,
-    environ,
-    first_env,
     node_name,
     require_kind,
 )
@@ -49,39 +44,13 @@ SEARCH: Mapping[str, Any] = MappingProxyType(
 )
 
 
-class VastProvider:
+class VastProvider(KeyedApiProvider):
     name = "vast"
-
-    def __init__(
-        self,
-        settings: Settings,
-        clock: Clock | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        base_url: str | None = None,
-        transport: httpx.BaseTransport | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.settings = settings
-        self.clock = clock or SystemClock()
-        self._env = environ(env)
-        self._base_url = base_url or self._env.get("ARGOSY_VAST_BASE_URL") or DEFAULT_BASE_URL
-        self._transport = transport
-        self._retry = retry
-        self._client: VastClient | None = None
-
-    @property
-    def client(self) -> VastClient:
-        if self._client is None:
-            found = first_env(self._env, KEY_VARS)
-            if not found:
-                raise ProviderAuthError(
-                    "vast: VAST_API_KEY is not set",
-                    fix=f"create a key at {KEYS_URL}, then `export VAST_API_KEY=...`",
-                    provider=self.name,
-                )
-            self._client = VastClient(found[1], self.clock, self._base_url, self._transport, self._retry)
-        return self._client
+    KEY_VARS = KEY_VARS
+    KEYS_URL = KEYS_URL
+    URL_ENV = "ARGOSY_VAST_BASE_URL"
+    DEFAULT_URL = DEFAULT_BASE_URL
+    client_class = VastClient
 
     def preflight(self) -> list[CheckResult]:
         cred = check_credential(self._env, KEY_VARS, self.name, KEYS_URL)

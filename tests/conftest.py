@@ -36,6 +36,29 @@ def settings(home: Path) -> Settings:
     return s
 
 
+# A small Llama-shaped config.json: enough for model sizing and placement, no weights needed.
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 688,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 4096,
+    "max_position_embeddings": 8192,
+    "torch_dtype": "bfloat16",
+}
+
+
+def write_model_config(directory: Path) -> Path:
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(TINY_CONFIG))
+    return directory
+
+
 def _postgres_url() -> str | None:
     return os.environ.get("ARGOSY_TEST_POSTGRES_URL")
 

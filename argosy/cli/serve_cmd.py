@@ -113,7 +113,10 @@ def register(app: typer.Typer) -> None:
                     _print_placement(plan["placement"])
                 text = plan.pop("fallback_text", None)
                 plan.pop("fallback_plan", None)
+                node_text = (plan.get("node_plan") or {}).pop("text", None)
                 typer.echo(json.dumps(plan, indent=2, default=str))
+                if node_text:
+                    typer.echo("\n" + node_text)
                 if text:
                     typer.echo("\n" + text)
             return

@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from argosy.catalog.types import Offering
 from argosy.core.errors import ArgosyError, ConflictError, NotFoundError, did_you_mean
 from argosy.core.ids import new_id, valid_name
-from argosy.providers.base import InstanceRequest, Instances, Offerings
+from argosy.providers.base import InstanceRequest, Instances
 from argosy.providers.registry import PROVIDERS
+from argosy.providers.render import DRY_RUN_TOKEN, plan_text
 from argosy.serve.engine_glue import parse_engine_args
 from argosy.serve.reconciler import offering_dict, router_table
 from argosy.store.events import transition
@@ -86,34 +86,6 @@ def validate(req: DeployRequest, engines: list[str], default_engine: str) -> Dep
     return DeployRequest(model, name, req.provider, engine, req.replicas, dict(req.engine_args), req.gpu)
 
 
-def choose_offering(provider: Any, gpu: str | None = None) -> tuple[Offering, list[Offering]]:
-    """The provider's offering for this request and its fallbacks (cheapest first).
-
-    Without a GPU asked for, a CPU offering is preferred (the tiny/CPU engines); placement across
-    providers is the catalog's job (issue #4) and plugs in here.
-    """
-    if not isinstance(provider, Offerings):
-        raise ArgosyError(f"provider '{provider.name}' lists no offerings", fix="choose another provider")
-    offers = [o for o in provider.offerings() if o.available]
-    if gpu:
-        offers = [o for o in offers if o.gpu and o.gpu.lower() == gpu.lower()]
-        if not offers:
-            raise ArgosyError(
-                f"provider '{provider.name}' offers no {gpu}", fix="run `argosy gpus` to see what is on offer"
-            )
-    if not offers:
-        raise ArgosyError(f"provider '{provider.name}' has nothing available now", fix="try another provider")
-    # Unknown prices are never treated as free: they sort last.
-    offers.sort(
-        key=lambda o: (
-            o.gpu is not None if not gpu else False,
-            o.price_per_hour is None,
-            o.price_per_hour or 0,
-        )
-    )
-    return offers[0], offers[1:]
-
-
 def plan_deployment(
     req: DeployRequest,
     provider_for: Callable[[str], Any],
@@ -127,28 +99,31 @@ def plan_deployment(
     With no provider named, catalog placement chooses the offering (and its fallbacks) among the
     providers that can run replicas now; the explanation says why.
     """
-    placement: dict[str, Any] | None = None
-    if req.provider is None:
-        from argosy.serve.placing import place_deployment
+    from argosy.serve.placing import place_deployment
 
-        chosen, ordered, skipped = place_deployment(req.model, req.gpu, settings, provider_for)
-        offering, fallbacks = ordered[0], ordered[1:]
-        req.provider = offering.provider
-        placement = {
-            "explanation": chosen.explanation,
-            "skipped_providers": skipped,
-            "strategy": chosen.strategy,
-        }
-        provider = provider_for(req.provider)
-    else:
-        provider = provider_for(req.provider)
-        offering, fallbacks = choose_offering(provider, req.gpu)
+    chosen, ordered, skipped = place_deployment(req.model, req.gpu, settings, provider_for, only=req.provider)
+    offering, fallbacks = ordered[0], ordered[1:]
+    req.provider = offering.provider
+    placement = {"explanation": chosen.explanation, "skipped_providers": skipped, "strategy": chosen.strategy}
+    provider = provider_for(req.provider)
     node_plan = None
     if isinstance(provider, Instances):
+        # A dry run has no node to register yet: the placeholder token shows where the real one goes.
         p = provider.plan(
-            InstanceRequest(name=f"{req.name}-replica", offering=offering, server_url=server_url)
+            InstanceRequest(
+                name=f"{req.name}-replica",
+                offering=offering,
+                server_url=server_url,
+                agent_token=DRY_RUN_TOKEN,
+            )
         )
-        node_plan = {"provider": p.provider, "action": p.action, "payload": p.payload, "notes": p.notes}
+        node_plan = {
+            "provider": p.provider,
+            "action": p.action,
+            "payload": p.payload,
+            "notes": p.notes,
+            "text": plan_text(p, placement_reason=" ".join(chosen.explanation[:2])),
+        }
     price = offering.price_per_hour
     extra: dict[str, Any] = {}
     if fallback:

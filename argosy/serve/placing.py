@@ -56,10 +56,18 @@ def place_deployment(
     gpu: str | None,
     settings: Settings,
     provider_for: Callable[[str], Any],
+    only: str | None = None,
     objective: str = "cost",
 ) -> tuple[Placement, list[Offering], dict[str, str]]:
-    """The placement for a deployment, its ordered offerings (choice first), and the skipped providers."""
-    usable, why_not = usable_providers(settings, provider_for)
+    """The placement for a deployment, its ordered offerings (choice first), and the skipped providers.
+
+    With `only`, placement is restricted to that provider, even if its preflight fails: a dry run
+    still shows the exact payload, and a real deploy fails later with the provider's own fix.
+    """
+    if only:
+        usable, why_not = [only], {}
+    else:
+        usable, why_not = usable_providers(settings, provider_for)
     live: list[Offering] = []
     for name in usable:
         p = provider_for(name)
@@ -67,7 +75,8 @@ def place_deployment(
             try:
                 live.extend(p.offerings())
             except ArgosyError as exc:
-                why_not[name] = f"offerings: {exc.message}"
+                # No credentials or no network: the catalog snapshot still prices this provider.
+                why_not[name] = f"live offerings unavailable ({exc.message}); using the catalog snapshot"
     offerings = [
         o for o in load_offerings(settings, live=live) if o.provider in usable and o.kind != "serverless"
     ]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from argosy.core.host import free_port
+from tests.conftest import write_model_config
 from tests.e2e.helpers import run_cli
 
 
@@ -28,9 +29,7 @@ def test_unknown_config_key_names_file_line_and_suggestion(env: dict[str, str], 
 
 
 def test_unknown_provider_and_missing_model_and_unknown_name(env: dict[str, str], tmp_path: Path) -> None:
-    model = tmp_path / "m"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    model = write_model_config(tmp_path / "m")
     res = run_cli("deploy", str(model), "--provider", "lokal", env=env)
     assert res.returncode == 1 and "unknown provider 'lokal'. Did you mean 'local'?" in res.stderr
     assert "started a local Argosy server" in res.stderr  # the embedded default, announced

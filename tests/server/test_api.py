@@ -16,6 +16,7 @@ from argosy.serve.routers import MemoryRouters
 from argosy.server.app import create_app
 from argosy.server.state import ServerState
 from argosy.store.db import Store
+from tests.conftest import write_model_config
 
 
 @pytest.fixture
@@ -35,9 +36,7 @@ def api(settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "model"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
+    d = write_model_config(tmp_path / "model")
     return d
 
 

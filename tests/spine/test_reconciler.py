@@ -17,6 +17,7 @@ from argosy.serve.routers import MemoryRouters
 from argosy.store.db import Store
 from argosy.store.ledger import totals
 from argosy.store.models import Event, Node, Replica
+from tests.conftest import write_model_config
 
 
 class World:
@@ -34,15 +35,13 @@ class World:
         self.settings = settings
 
     def deploy(self, name: str = "m", replicas: int = 1, model: str | None = None) -> None:
-        model_dir = Path(self.settings.home) / "model"
-        model_dir.mkdir(exist_ok=True)
-        (model_dir / "config.json").write_text("{}")
+        model_dir = write_model_config(Path(self.settings.home) / "model")
         req = dep_svc.validate(
             dep_svc.DeployRequest(model or str(model_dir), name, "fake", "llamacpp", replicas),
             ["llamacpp"],
             "llamacpp",
         )
-        plan = dep_svc.plan_deployment(req, lambda _n: self.fake, {}, "http://server")
+        plan = dep_svc.plan_deployment(req, lambda _n: self.fake, {}, "http://server", settings=self.settings)
         with self.store.session() as s:
             dep_svc.create(s, req, plan, self.clock.now())
 

@@ -202,9 +202,9 @@ def test_streamed_errors_end_the_stream(api: tuple[TestClient, LocalRunner, Fake
 
 
 def test_remote_runner_speaks_the_api(api: tuple[TestClient, LocalRunner, FakeClock]) -> None:
+    from argosy.cli.sandbox_remote import RemoteRunner
     from argosy.client import ArgosyClient
     from argosy.sandbox.models import ExecRequest, SessionCreate, SessionExec
-    from argosy.cli.sandbox_remote import RemoteRunner
 
     client, _, _ = api
     sdk = ArgosyClient("http://testserver", None)

@@ -85,6 +85,9 @@ def register(app: typer.Typer) -> None:
             "--fallback",
             help="Serverless provider for the fallback tier (modal, runpod-serverless, ...).",
         ),
+        fallback_model: str = typer.Option(
+            None, "--fallback-model", help="What the fallback endpoint serves (a hub id; default: MODEL)."
+        ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
         wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until a replica is ready."),
         timeout: float = typer.Option(1800, help="Seconds to wait for readiness."),
@@ -101,6 +104,7 @@ def register(app: typer.Typer) -> None:
             engine=engine,
             gpu=gpu,
             fallback=fallback,
+            fallback_model=fallback_model,
             dry_run=dry_run,
         )
         plan = res["plan"]

@@ -42,6 +42,9 @@ class FakeProviderConfig(_Strict):
     preemption_rate_per_hour: float = Field(0.0, ge=0)
     price_per_hour: float = Field(1.0, ge=0)
     seed: int = 0
+    # Serverless endpoints of the fake provider answer here (tests point it at a real local server).
+    endpoint_url: str | None = None
+    endpoint_price_per_second: float = Field(0.0005, ge=0)
 
 
 class ProvidersConfig(_Strict):

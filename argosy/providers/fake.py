@@ -17,7 +17,15 @@ from argosy.catalog.types import Offering
 from argosy.core.clock import Clock, iso
 from argosy.core.config import Settings
 from argosy.core.errors import CapacityError, NotFoundError, ProviderError
-from argosy.providers.base import MANAGED_LABEL, CheckResult, Instance, InstanceRequest, Plan
+from argosy.providers.base import (
+    MANAGED_LABEL,
+    CheckResult,
+    Endpoint,
+    EndpointRequest,
+    Instance,
+    InstanceRequest,
+    Plan,
+)
 
 
 @dataclass
@@ -39,6 +47,7 @@ class FakeProvider:
         self._instances: dict[str, _FakeInstance] = {}
         self._seq = 0
         self.log: list[tuple[str, str]] = []  # (call, instance id): what was asked of the provider
+        self._endpoints: dict[str, Endpoint] = {}
 
     def offerings(self) -> list[Offering]:
         when = iso(self.clock.now())
@@ -147,6 +156,55 @@ class FakeProvider:
         if f is not None and f.instance.state != "terminated":
             f.instance.state = "terminated"
             self.log.append(("terminate", instance_id))
+
+    # -- Endpoints (serverless) ---------------------------------------------------------------
+    def plan_endpoint(self, request: EndpointRequest) -> Plan:
+        return Plan(
+            provider=self.name,
+            action="deploy",
+            offering=request.offering,
+            payload={
+                "name": request.name,
+                "model": request.model,
+                "min_workers": request.min_workers,
+                "max_workers": request.max_workers,
+                "labels": {MANAGED_LABEL: "true"},
+            },
+            estimated_cost_per_hour=self.cfg.endpoint_price_per_second * 3600,
+        )
+
+    def deploy(self, plan: Plan) -> Endpoint:
+        if not self.cfg.endpoint_url:
+            raise ProviderError(
+                "the fake provider's endpoints need a URL to answer at",
+                fix="set providers.fake.endpoint_url (an OpenAI-compatible server you run)",
+                provider=self.name,
+            )
+        self._seq += 1
+        ep = Endpoint(
+            provider=self.name,
+            endpoint_id=f"fake-ep-{self._seq:05d}",
+            name=str(plan.payload["name"]),
+            state="ready",
+            url=self.cfg.endpoint_url,
+            auth_header={"Authorization": f"Bearer fake-endpoint-token-{self._seq}"},
+            price_per_second=self.cfg.endpoint_price_per_second,
+        )
+        self._endpoints[ep.endpoint_id] = ep
+        self.log.append(("deploy", ep.endpoint_id))
+        return replace(ep)
+
+    def endpoint_status(self, endpoint_id: str) -> Endpoint:
+        ep = self._endpoints.get(endpoint_id)
+        if ep is None:
+            raise NotFoundError(f"fake endpoint {endpoint_id} does not exist")
+        return replace(ep)
+
+    def destroy(self, endpoint_id: str) -> None:
+        ep = self._endpoints.get(endpoint_id)
+        if ep is not None and ep.state != "destroyed":
+            ep.state = "destroyed"
+            self.log.append(("destroy", endpoint_id))
 
     # -- fault injection for tests and the simulator ------------------------------------------
     def preempt(self, instance_id: str, reason: str = "spot capacity reclaimed") -> None:

@@ -31,6 +31,8 @@ class DeployRequest:
     replicas: int = 1
     engine_args: dict[str, Any] = field(default_factory=dict)
     gpu: str | None = None
+    fallback: str | None = None  # a serverless provider for the fallback tier
+    fallback_model: str | None = None  # what the endpoint loads (a hub id: it cannot read local paths)
 
 
 def default_name(model: str) -> str:
@@ -83,7 +85,31 @@ def validate(req: DeployRequest, engines: list[str], default_engine: str) -> Dep
             f"'{name}' is not a valid deployment name",
             fix="use lower-case letters, digits and '-', up to 63 characters (e.g. --name my-model)",
         )
-    return DeployRequest(model, name, req.provider, engine, req.replicas, dict(req.engine_args), req.gpu)
+    fallback_model = req.fallback_model
+    if req.fallback:
+        if req.fallback not in PROVIDERS.names():
+            near = did_you_mean(req.fallback, PROVIDERS.names())
+            raise ArgosyError(
+                f"unknown fallback provider '{req.fallback}'." + (f" Did you mean '{near}'?" if near else ""),
+                fix=f"use one of: {', '.join(PROVIDERS.names())}",
+            )
+        if fallback_model is None and looks_local:
+            raise ArgosyError(
+                "a serverless fallback cannot load a model from this machine's disk",
+                fix="pass --fallback-model ORG/NAME: the same weights, by their hub id",
+            )
+        fallback_model = fallback_model or req.model
+    return DeployRequest(
+        model,
+        name,
+        req.provider,
+        engine,
+        req.replicas,
+        dict(req.engine_args),
+        req.gpu,
+        req.fallback,
+        fallback_model,
+    )
 
 
 def plan_deployment(
@@ -131,7 +157,7 @@ def plan_deployment(
 
         if node_plan is None:
             raise ArgosyError(f"provider '{req.provider}' runs no replicas to put a fallback beside")
-        fp = plan_fallback(p, req.model, fallback, settings, name=req.name, gpu=req.gpu)
+        fp = plan_fallback(p, req.fallback_model or req.model, fallback, settings, name=req.name, gpu=req.gpu)
         extra = {"fallback_plan": fp.to_dict(), "fallback_text": render_fallback_plan(fp)}
     return {
         **extra,
@@ -171,6 +197,7 @@ def create(s: Session, req: DeployRequest, plan: dict[str, Any], now: float) -> 
             "offering": plan["offering"],
             "fallback_offerings": plan["fallback_offerings"],
             "gpu": req.gpu,
+            "fallback": {"provider": req.fallback, "model": req.fallback_model} if req.fallback else None,
         },
         created_at=now,
         updated_at=now,
@@ -210,7 +237,7 @@ def describe(s: Session, dep: Deployment) -> dict[str, Any]:
     replicas = list(
         s.scalars(select(Replica).where(Replica.deployment_id == dep.id).order_by(Replica.created_at))
     )
-    table, version = router_table(replicas)
+    table, version = router_table(dep, replicas)
     routed = bool(dep.router_port and dep.state == "active" and table and version == dep.router_table_version)
     return {
         "id": dep.id,

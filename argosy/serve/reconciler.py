@@ -21,7 +21,7 @@ from argosy.core.clock import Clock
 from argosy.core.errors import ArgosyError, CapacityError, ProviderError
 from argosy.core.ids import new_id
 from argosy.fleet.nodes import live_node_for_instance
-from argosy.providers.base import InstanceRequest, Instances
+from argosy.providers.base import EndpointRequest, Endpoints, InstanceRequest, Instances
 from argosy.serve.routers import RouterManager
 from argosy.store.db import Store
 from argosy.store.events import note, transition
@@ -56,13 +56,28 @@ def offering_dict(o: Offering) -> dict[str, Any]:
     return {**asdict(o), "key": o.key}
 
 
-def router_table(replicas: list[Replica]) -> tuple[list[dict[str, Any]], str]:
-    """The backend table for a deployment's router, and its version (a hash)."""
+def router_table(dep: Deployment, replicas: list[Replica]) -> tuple[list[dict[str, Any]], str]:
+    """The backend table for a deployment's router, and its version (a hash).
+
+    Ready replicas are the primary tier; the serverless endpoint, if any, is the fallback tier, with
+    the header the router injects (the provider's token never reaches clients).
+    """
     table = [
         {"name": r.id, "url": r.url, "tier": "primary", "weight": 1}
         for r in replicas
         if r.state == "ready" and r.url
     ]
+    ep = dep.spec.get("fallback_endpoint")
+    if ep and ep.get("url"):
+        table.append(
+            {
+                "name": ep["id"],
+                "url": ep["url"],
+                "tier": "fallback",
+                "weight": 1,
+                "headers": ep.get("headers", {}),
+            }
+        )
     return table, hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
 
 
@@ -120,9 +135,10 @@ class DeploymentReconciler:
         for r in replicas:
             self._step_replica(s, dep, r, now)
         s.commit()  # the router start below may take seconds: hold no write lock across it
+        self._sync_fallback(s, dep, now)
         if dep.state == "active":
             self._sync_router(s, dep, replicas, now)
-        elif all(r.state in TERMINAL_STATES for r in replicas):
+        elif all(r.state in TERMINAL_STATES for r in replicas) and not dep.spec.get("fallback_endpoint"):
             self.routers.stop(dep)  # nothing is being written: the commit above released the lock
             dep.router_pid = None
             transition(s, dep, "destroyed", "all replicas terminated and the router stopped", now)
@@ -334,6 +350,69 @@ class DeploymentReconciler:
         revoke_node_keys(s, node.id, now)
         transition(s, node, "failed", "provisioning failed", now)
 
+    # -- serverless fallback -------------------------------------------------------------------
+    def _sync_fallback(self, s: Session, dep: Deployment, now: float) -> None:
+        """Create the fallback endpoint of an active deployment once; destroy it with the deployment."""
+        want = dep.spec.get("fallback")
+        have = dep.spec.get("fallback_endpoint")
+        if not want:
+            return
+        provider = self.providers(want["provider"])
+        if dep.state == "active" and not have:
+            if not isinstance(provider, Endpoints):
+                note(
+                    s,
+                    "deployment",
+                    dep.id,
+                    dep.state,
+                    f"'{want['provider']}' cannot run endpoints",
+                    now,
+                    dep.id,
+                )
+                return
+            request = EndpointRequest(
+                name=dep.name,
+                model=want["model"],
+                min_workers=int(want.get("min_workers", 0)),
+                max_workers=int(want.get("max_workers", 1)),
+            )
+            try:
+                ep = provider.deploy(provider.plan_endpoint(request))
+            except ArgosyError as exc:
+                reason = f"fallback endpoint on {want['provider']} failed: {exc.message}"
+                if dep.spec.get("fallback_error") != reason:  # one event per distinct failure, not per step
+                    dep.spec = {**dep.spec, "fallback_error": reason}
+                    note(s, "deployment", dep.id, dep.state, reason, now, dep.id)
+                return
+            # Stored with the deployment so the router can be given its auth header again after restarts.
+            dep.spec = {
+                **dep.spec,
+                "fallback_endpoint": {
+                    "id": ep.endpoint_id,
+                    "url": ep.url,
+                    "headers": dict(ep.auth_header),
+                    "price_per_second": ep.price_per_second,
+                },
+                "fallback_error": None,
+            }
+            note(
+                s,
+                "deployment",
+                dep.id,
+                dep.state,
+                f"fallback endpoint {ep.endpoint_id} on {ep.provider} ready",
+                now,
+                dep.id,
+            )
+        elif dep.state == "destroying" and have:
+            try:
+                provider.destroy(have["id"])
+            except ArgosyError as exc:
+                log.warning("destroying fallback endpoint %s failed (will retry): %s", have["id"], exc)
+                return
+            dep.spec = {k: v for k, v in dep.spec.items() if k != "fallback_endpoint"}
+            note(s, "deployment", dep.id, dep.state, f"fallback endpoint {have['id']} destroyed", now, dep.id)
+
     # -- router --------------------------------------------------------------------------------
     def _sync_router(self, s: Session, dep: Deployment, replicas: list[Replica], now: float) -> None:
         try:
@@ -353,7 +432,7 @@ class DeploymentReconciler:
                 now,
                 dep.id,
             )
-        table, version = router_table(replicas)
+        table, version = router_table(dep, replicas)
         if version == dep.router_table_version:
             return
         try:

@@ -43,6 +43,7 @@ class DeployBody(BaseModel):
     engine_args: dict[str, Any] = {}
     gpu: str | None = None
     fallback: str | None = None
+    fallback_model: str | None = None
     dry_run: bool = False
 
 
@@ -136,7 +137,15 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
     def deploy(body: DeployBody) -> dict[str, Any]:
         req = dep_svc.validate(
             dep_svc.DeployRequest(
-                body.model, body.name, body.provider, body.engine, body.replicas, body.engine_args, body.gpu
+                body.model,
+                body.name,
+                body.provider,
+                body.engine,
+                body.replicas,
+                body.engine_args,
+                body.gpu,
+                body.fallback,
+                body.fallback_model,
             ),
             engine_glue.engine_names(),
             settings.engine.default,
@@ -151,12 +160,6 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
         )
         if body.dry_run:
             return {"dry_run": True, "plan": plan}
-        if body.fallback:
-            raise ArgosyError(
-                "creating serverless fallback endpoints from `argosy deploy` is not wired up yet; "
-                "only their plan is (--dry-run)",
-                fix=f"see the plan with `argosy deploy ... --fallback {body.fallback} --dry-run`; deploy without --fallback",
-            )
         with store.session() as s:
             dep = dep_svc.create(s, req, plan, clock.now())
             out = dep_svc.describe(s, dep)

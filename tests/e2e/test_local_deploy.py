@@ -144,3 +144,52 @@ def test_server_restart_resumes_the_deployment(env: dict[str, str], tiny: Path) 
     assert reply.choices[0].message.content is not None
     reasons = [e["reason"] for e in after["events"]]
     assert "server shut down; recreated at next start" in reasons
+
+
+@pytest.fixture
+def fallback_engine(tiny: Path, tmp_path: Path) -> Iterator[str]:
+    """A second, independent llama-server standing in for a serverless endpoint (the fake provider's URL)."""
+    from argosy.core.config import load_settings
+    from argosy.serve.engines.base import ServingSpec
+    from argosy.serve.engines.registry import get_engine
+    from argosy.serve.engines.runtime import wait_ready
+
+    engine = get_engine("llamacpp")
+    spec = ServingSpec(model=str(tiny), served_name="tiny", port=free_port())
+    cmd = engine.command(spec, engine.prepare(spec, load_settings()))
+    p = proc.spawn(list(cmd.argv), tmp_path / "fallback.log", env={**os.environ, **cmd.env})
+    try:
+        wait_ready(cmd, pid=p.pid, timeout=120, log_path=tmp_path / "fallback.log")
+        yield cmd.base_url
+    finally:
+        proc.stop(p.pid)
+
+
+def test_fallback_serves_while_the_primary_is_down(
+    env: dict[str, str], tiny: Path, tmp_path: Path, fallback_engine: str
+) -> None:
+    config = tmp_path / "argosy.yaml"
+    config.write_text(f"providers:\n  fake:\n    endpoint_url: {fallback_engine}\n")
+    env = {**env, "ARGOSY_CONFIG": str(config)}
+    res = run_cli(
+        "deploy", str(tiny), "--name", "tiny", "--provider", "local", "--fallback", "fake",
+        "--fallback-model", "tiny", env=env, timeout=2000,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    dep = cli_json("status", "tiny", env=env)
+    assert any("fallback endpoint" in e["reason"] for e in dep["events"])
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=dep["endpoint"], api_key="unused", max_retries=0)
+    # The primary engine dies; the router spills to the fallback tier and the client does not notice.
+    os.kill(dep["replicas"][0]["workload"]["pid"], signal.SIGKILL)
+    for i in range(5):
+        reply = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"still there? {i}"}], max_tokens=4
+        )
+        assert reply.choices[0].message.content is not None
+    served = (tmp_path / "fallback.log").read_text().count("print_timing")
+    assert served >= 5  # the fallback engine itself answered them
+    assert run_cli("destroy", "tiny", env=env, timeout=180).returncode == 0
+    assert cli_json("list", env=env) == []

@@ -21,7 +21,7 @@ from tests.conftest import write_model_config
 
 
 class World:
-    def __init__(self, settings: Settings, db_url: str, **fake_cfg: float) -> None:
+    def __init__(self, settings: Settings, db_url: str, **fake_cfg: object) -> None:
         for k, v in fake_cfg.items():
             setattr(settings.providers.fake, k, v)
         self.clock = FakeClock()
@@ -177,3 +177,48 @@ def test_unknown_provider_and_missing_model_are_clear(world: World) -> None:
     with pytest.raises(Exception, match="does not exist") as exc:
         dep_svc.validate(dep_svc.DeployRequest("./nope", "x", "local"), ["llamacpp"], "llamacpp")
     assert "make-tiny" in exc.value.fix
+
+
+def test_serverless_fallback_joins_the_router_table_and_goes_with_the_deployment(
+    settings: Settings, tmp_path: Path
+) -> None:
+    w = World(
+        settings,
+        f"sqlite:///{tmp_path / 'f.db'}",
+        provision_delay_s=5,
+        endpoint_url="http://10.9.9.9:8000/v1",
+    )
+    model_dir = write_model_config(Path(settings.home) / "model")
+    req = dep_svc.validate(
+        dep_svc.DeployRequest(
+            str(model_dir), "m", "fake", "llamacpp", 1, fallback="fake", fallback_model="org/tiny"
+        ),
+        ["llamacpp"],
+        "llamacpp",
+    )
+    plan = dep_svc.plan_deployment(req, lambda _n: w.fake, {}, "http://server", settings=settings)
+    with w.store.session() as s:
+        dep_svc.create(s, req, plan, w.clock.now())
+    w.run(2)
+    # While the replica is still provisioning, the fallback already serves (spills while spot warms up).
+    [fallback] = w.routers.tables["m"]
+    assert fallback["tier"] == "fallback" and fallback["url"] == "http://10.9.9.9:8000/v1"
+    assert fallback["headers"]["Authorization"].startswith("Bearer fake-endpoint-token")
+    w.run(15)
+    tiers = sorted(b["tier"] for b in w.routers.tables["m"])
+    assert tiers == ["fallback", "primary"]
+    with w.store.session() as s:
+        dep_svc.destroy(s, "m", w.clock.now())
+    w.run(10)
+    assert ("destroy", fallback["name"]) in w.fake.log
+    with w.store.session() as s:
+        assert s.scalars(select(dep_svc.Deployment)).one().state == "destroyed"
+
+
+def test_a_local_model_needs_a_hub_id_for_its_fallback(settings: Settings) -> None:
+    model_dir = write_model_config(Path(settings.home) / "model2")
+    with pytest.raises(Exception, match="cannot load a model from this machine") as exc:
+        dep_svc.validate(
+            dep_svc.DeployRequest(str(model_dir), "m", "fake", fallback="modal"), ["llamacpp"], "llamacpp"
+        )
+    assert "--fallback-model" in exc.value.fix

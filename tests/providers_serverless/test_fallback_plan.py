@@ -45,5 +45,5 @@ def test_every_endpoint_provider_renders_without_credentials(primary, settings, 
 
 def test_non_endpoint_provider_is_refused_with_choices(primary, settings, clock):
     with pytest.raises(ArgosyError) as info:
-        plan_fallback(primary, "m", "fake", settings, clock=clock)
+        plan_fallback(primary, "m", "local", settings, clock=clock)  # local runs machines, not endpoints
     assert "cannot run serverless endpoints" in str(info.value) and "modal" in (info.value.fix or "")

@@ -41,6 +41,7 @@ class Seen:
     finished: bool = False  # a choice carried a finish_reason
     done: bool = False  # [DONE] was sent
     unsupported: str | None = None  # why a continuation cannot reproduce this stream
+    role_sent: bool = False  # the client already got the assistant's `role` announcement
 
     @property
     def content(self) -> str:
@@ -66,6 +67,8 @@ def parse_seen(raw: bytes, chat: bool) -> Seen:
                 seen.unsupported = "the request asked for several choices (n > 1)"
             if chat:
                 delta = ch.get("delta") or {}
+                if "role" in delta:
+                    seen.role_sent = True
                 if delta.get("tool_calls") or delta.get("function_call"):
                     seen.unsupported = "the stream carried tool calls"
                 piece = delta.get("content")
@@ -130,7 +133,9 @@ def rewrite_events(raw: bytes, seen: Seen, chat: bool) -> bytes:
             if chat:
                 for ch in obj.get("choices") or []:
                     delta = ch.get("delta")
-                    if isinstance(delta, dict):
+                    if isinstance(delta, dict) and seen.role_sent:
+                        # Announced once per stream: if the first backend died before its role
+                        # chunk reached the client, the continuation's role must go through.
                         delta.pop("role", None)
                         if not delta and not ch.get("finish_reason"):
                             ch["__drop__"] = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from argosy.core.config import Settings
@@ -12,6 +13,7 @@ from argosy.fleet.agent import Launch
 from argosy.serve.engines.base import ServingSpec
 from argosy.serve.engines.registry import engine_names as _engine_names
 from argosy.serve.engines.registry import get_engine
+from argosy.serve.engines.runtime import spec_from_settings
 
 # `--engine-arg KEY=VALUE` keys a deployment may set, and their types.
 ENGINE_ARGS: dict[str, type] = {"parallel": int, "context": int, "threads": int, "dtype": str, "gpus": int}
@@ -39,18 +41,25 @@ def parse_engine_args(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_spec(
-    model: str, served_name: str, args: dict[str, Any], settings: Settings, port: int, host: str = "127.0.0.1"
+    engine: str,
+    model: str,
+    served_name: str,
+    args: dict[str, Any],
+    settings: Settings,
+    port: int,
+    host: str = "127.0.0.1",
 ) -> ServingSpec:
-    cfg = settings.engine.llamacpp
-    merged: dict[str, Any] = {"parallel": cfg.parallel, "context": cfg.context, "threads": cfg.threads}
-    merged.update(parse_engine_args(args))
-    return ServingSpec(model=model, served_name=served_name, host=host, port=port, **merged)
+    """The engine's spec from settings (spec_from_settings), with the deployment's engine args on top."""
+    spec = spec_from_settings(
+        settings, engine=engine, model=model, served_name=served_name, port=port, host=host
+    )
+    return replace(spec, **parse_engine_args(args))
 
 
 def engine_plan(req: Any, settings: Settings) -> dict[str, Any]:
     """The engine command a replica would run, rendered without touching the node (for plans)."""
     engine = get_engine(req.engine)
-    spec = build_spec(req.model, req.name, req.engine_args, settings, port=8080)
+    spec = build_spec(req.engine, req.model, req.name, req.engine_args, settings, port=8080)
     engine.validate(spec)
     cmd = engine.command(spec)
     return {**cmd.to_dict(), "shell": cmd.shell(), "port": "chosen by the agent at start"}

@@ -75,7 +75,13 @@ def prepare_workload(
     """Node-side: obtain the engine and convert the model (cached), then render the real command."""
     engine = get_engine(workload["engine"])
     spec = build_spec(
-        workload["model"], workload["served_name"], workload.get("args", {}), settings, port, host
+        workload["engine"],
+        workload["model"],
+        workload["served_name"],
+        workload.get("args", {}),
+        settings,
+        port,
+        host,
     )
     engine.validate(spec)
 

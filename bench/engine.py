@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -127,6 +128,7 @@ def main() -> None:
     finally:
         proc.stop(router.pid)
         proc.stop(eng.pid)
+        shutil.rmtree(work, ignore_errors=True)  # logs of a finished run are not kept
 
     print(f"\ntiny model, {args.max_tokens} tokens per reply, medians of {args.rounds} alternating rounds")
     print("| concurrency | engine direct tok/s | through router tok/s | router / direct |")

@@ -1,4 +1,7 @@
-"""`argosy catalog refresh`: run the live-price fetchers and cache what they return.
+"""`argosy catalog refresh`: run the live-price sources and cache what they return.
+
+Sources are the catalog's own fetchers for price-only APIs (`FETCHERS`) plus whatever the caller
+injects (`sources`): the providers' own API clients, which the catalog may not import itself.
 
 A provider whose API cannot be used (no credentials, no public price API, an error) keeps whatever it
 had: its last cached live prices if any, else the snapshot. Nothing is half-written: the cache file
@@ -14,7 +17,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from argosy.catalog.fetchers import FETCHERS, FetchContext
+from argosy.catalog.fetchers import FETCHERS, FetchContext, FetcherSpec, LiveSource
 from argosy.catalog.offerings import CachedPrices, known_providers, snapshot_offerings, write_cache
 from argosy.core.config import Settings
 from argosy.core.errors import ArgosyError, unknown_name
@@ -42,23 +45,31 @@ class RefreshOutcome:
         }
 
 
-def refreshable_providers() -> list[str]:
-    return sorted({*FETCHERS, *known_providers(snapshot_offerings())})
+Source = FetcherSpec | LiveSource
+
+
+def refreshable_providers(sources: Mapping[str, Source] | None = None) -> list[str]:
+    return sorted({*FETCHERS, *(sources or {}), *known_providers(snapshot_offerings())})
 
 
 def refresh(
     settings: Settings,
     providers: Sequence[str] | None = None,
     *,
+    sources: Mapping[str, Source] | None = None,
     client: httpx.Client | None = None,
     env: Mapping[str, str] | None = None,
     base_urls: Mapping[str, str] | None = None,
     now: datetime | None = None,
 ) -> list[RefreshOutcome]:
-    """Fetch live prices for `providers` (default: all) and cache them under settings.cache_dir."""
+    """Fetch live prices for `providers` (default: all) and cache them under settings.cache_dir.
+
+    `sources` adds (or overrides) sources by provider name; `base_urls` points FETCHERS elsewhere.
+    """
     env = dict(os.environ) if env is None else env
-    names = list(providers) if providers else refreshable_providers()
-    valid = refreshable_providers()
+    every = {**FETCHERS, **(sources or {})}
+    valid = refreshable_providers(sources)
+    names = list(providers) if providers else valid
     for name in names:
         if name not in valid:
             raise unknown_name(
@@ -71,7 +82,7 @@ def refresh(
     outcomes = []
     try:
         for name in names:
-            spec = FETCHERS.get(name)
+            spec = every.get(name)
             if spec is None:
                 outcomes.append(
                     RefreshOutcome(name, "snapshot", "no public price API; using the snapshot data file")
@@ -92,7 +103,9 @@ def refresh(
                 client=client,
                 env=env,
                 now=now,
-                base_url=((base_urls or {}).get(name) or spec.base_url).rstrip("/"),
+                base_url=(
+                    (base_urls or {}).get(name) or (spec.base_url if isinstance(spec, FetcherSpec) else "")
+                ).rstrip("/"),
                 snapshot=tuple(o for o in snapshot if o.provider == name),
             )
             try:

@@ -232,10 +232,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fetch live prices from provider price APIs; providers without credentials keep snapshot prices."""
         from argosy.catalog.refresh import refresh
+        from argosy.providers.price_sources import price_sources
 
         _check_output(output, OUTPUTS)
         settings = load_settings()
-        outcomes = refresh(settings, provider or None)
+        # The providers' own API clients price Lambda, RunPod and Vast.ai (one client per provider).
+        outcomes = refresh(settings, provider or None, sources=price_sources(settings))
         if output == "json":
             typer.echo(json.dumps([o.to_dict() for o in outcomes], indent=2))
         else:

@@ -3,6 +3,9 @@
 - `Instances`: machines we hold (plan -> provision -> status/list -> terminate).
 - `Endpoints`: serverless endpoints (plan -> deploy -> status -> destroy).
 - `Offerings`: live instance types and prices.
+- `PriceListing`: `Offerings` from an API that needs the account's credentials; the catalog's
+  `argosy catalog refresh` uses these (see `argosy.providers.price_sources`).
+- `SpotNotice`: how a node learns, from the inside, that its spot VM is about to be reclaimed.
 - `Preflight`: are credentials, tools and quotas in place; each failed check carries a `fix`.
 
 `plan()` is pure: it renders the exact payload a provider will receive, so it can be printed
@@ -122,6 +125,21 @@ class Endpoints(Protocol):
 @runtime_checkable
 class Offerings(Protocol):
     name: str
+
+    def offerings(self) -> list[Offering]: ...
+
+
+@runtime_checkable
+class PriceListing(Protocol):
+    """`Offerings` read from the provider's own API with the account's credentials.
+
+    Implementers take `(settings, clock, env=...)` so the refresh can hand them its environment.
+    """
+
+    name: str
+    price_api: str  # what is called, for people
+    price_doc_url: str
+    credential_vars: tuple[str, ...]  # any one of these environment variables is enough
 
     def offerings(self) -> list[Offering]: ...
 

@@ -209,6 +209,10 @@ class KeyedApiProvider:
     DEFAULT_URL: str
     client_class: Any  # (api_key, clock, base_url, transport, retry) -> client
 
+    @property
+    def credential_vars(self) -> tuple[str, ...]:
+        return self.KEY_VARS
+
     def __init__(
         self,
         settings: Any,

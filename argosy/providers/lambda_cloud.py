@@ -45,6 +45,8 @@ _STATES: Mapping[str, InstanceState] = MappingProxyType(
 
 class LambdaProvider(KeyedApiProvider):
     name = "lambda"
+    price_api = "GET /api/v1/instance-types"
+    price_doc_url = "https://docs-api.lambda.ai/api/cloud#listInstanceTypes"
     KEY_VARS = KEY_VARS
     KEYS_URL = KEYS_URL
     URL_ENV = "ARGOSY_LAMBDA_BASE_URL"

@@ -44,6 +44,8 @@ START_CMD = "bash -c 'echo \"$ARGOSY_BOOTSTRAP\" | base64 -d | bash; sleep infin
 
 class RunPodProvider(KeyedApiProvider):
     name = "runpod"
+    price_api = "GraphQL gpuTypes"
+    price_doc_url = "https://docs.runpod.io/sdks/graphql/manage-pods"
     KEY_VARS = KEY_VARS
     KEYS_URL = KEYS_URL
     URL_ENV = "ARGOSY_RUNPOD_URL"
@@ -83,9 +85,10 @@ class RunPodProvider(KeyedApiProvider):
                             kind=kind,
                             price_per_hour=float(price),
                             per_second_billing=True,
+                            tier=region,
                             source=f"{self._base_url}/graphql gpuTypes",
                             fetched_at=fetched,
-                            extra={"per_gpu": "true"},
+                            extra={"per_gpu": "true", "display_name": str(g.get("displayName") or "")},
                         )
                     )
         return out

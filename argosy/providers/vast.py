@@ -44,8 +44,18 @@ SEARCH: Mapping[str, Any] = MappingProxyType(
 )
 
 
+def region_of(geolocation: str | None) -> str:
+    """'Sweden, SE' -> 'se'; 'California, US' -> 'us': Vast.ai reports the country code last, and the
+    catalog's regions (carbon intensity) are per country for Vast."""
+    if not geolocation:
+        return "unknown"
+    return geolocation.rsplit(",", 1)[-1].strip().lower() or "unknown"
+
+
 class VastProvider(KeyedApiProvider):
     name = "vast"
+    price_api = "POST /api/v0/bundles/ (search offers)"
+    price_doc_url = "https://docs.vast.ai/api-reference/search/search-offers"
     KEY_VARS = KEY_VARS
     KEYS_URL = KEYS_URL
     URL_ENV = "ARGOSY_VAST_BASE_URL"
@@ -73,30 +83,35 @@ class VastProvider(KeyedApiProvider):
                 checks.append(CheckResult("vast api", False, exc.message, fix=exc.fix))
         return checks
 
-    def offerings(self, *, limit: int = 200) -> list[Offering]:
+    def offerings(self, *, limit: int = 500) -> list[Offering]:
         fetched = iso(self.clock.now())
         out: list[Offering] = []
         for o in self.client.search_offers({**SEARCH, "limit": limit}):
             gpu_ram_gb = (o.get("gpu_ram") or 0) / 1024 or None
+            reliability = o.get("reliability2", o.get("reliability"))
             common: dict[str, Any] = {
                 "provider": self.name,
-                "region": o.get("geolocation") or "",
+                "region": region_of(o.get("geolocation")),
                 "instance_type": str(o["id"]),
                 "gpu": canonical_gpu(o["gpu_name"], gpu_ram_gb),
                 "gpu_count": int(o["num_gpus"]),
                 "vcpus": int(o["cpu_cores_effective"]) if o.get("cpu_cores_effective") else None,
                 "ram_gb": round(o["cpu_ram"] / 1024, 1) if o.get("cpu_ram") else None,
                 "per_second_billing": True,
+                "available": bool(o.get("rentable", True)),
                 "source": f"{self._base_url}/bundles/",
                 "fetched_at": fetched,
                 "extra": {
                     "machine_id": str(o.get("machine_id", "")),
-                    "reliability": str(o.get("reliability2", "")),
+                    "location": str(o.get("geolocation") or ""),
+                    **({"reliability": f"{float(reliability):.3f}"} if reliability is not None else {}),
                 },
             }
             out.append(Offering(kind="vm", price_per_hour=float(o["dph_total"]), **common))
             if o.get("min_bid"):
-                out.append(Offering(kind="spot", price_per_hour=float(o["min_bid"]), **common))
+                out.append(
+                    Offering(kind="spot", price_per_hour=float(o["min_bid"]), tier="interruptible", **common)
+                )
         return out
 
     def plan(self, request: InstanceRequest) -> Plan:
@@ -197,7 +212,7 @@ def _to_instance(i: dict[str, Any]) -> Instance:
         instance_id=str(i["id"]),
         name=label,
         state=state,
-        region=i.get("geolocation") or "",
+        region=region_of(i.get("geolocation")),
         address=i.get("public_ipaddr") or None,
         labels={MANAGED_LABEL: "true", NODE_LABEL: label} if label.startswith(NAME_PREFIX) else {},
         price_per_hour=i.get("dph_total"),

@@ -15,14 +15,31 @@ from argosy.catalog.fetchers import FETCHERS
 from argosy.catalog.fetchers.aws import parse_spot_history, sign
 from argosy.catalog.offerings import cache_path, snapshot_offerings
 from argosy.catalog.refresh import refresh
+from argosy.core.clock import FakeClock
 from argosy.core.errors import NotFoundError
+from argosy.providers.price_sources import price_sources
 
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
+# Where each provider's own client finds its API (the env variable its provider reads), on the test server.
+PROVIDER_URLS = {
+    "lambda": ("ARGOSY_LAMBDA_BASE_URL", "/api/v1"),
+    "runpod": ("ARGOSY_RUNPOD_URL", ""),
+    "vast": ("ARGOSY_VAST_BASE_URL", "/api/v0"),
+}
+
+
 def _run(settings, server, provider, env):  # type: ignore[no-untyped-def]
-    return refresh(settings, [provider], env=env, base_urls={provider: server.url}, now=NOW)
+    """Refresh one provider as `argosy catalog refresh` does: the providers' clients injected as sources."""
+    env = dict(env)
+    if provider in PROVIDER_URLS:
+        var, path = PROVIDER_URLS[provider]
+        env[var] = server.url + path
+    # A fake clock: a retried 5xx must not sleep for real in a test.
+    sources = price_sources(settings, FakeClock(), env=env)
+    return refresh(settings, [provider], sources=sources, env=env, base_urls={provider: server.url}, now=NOW)
 
 
 def _live(settings, provider):  # type: ignore[no-untyped-def]
@@ -64,6 +81,12 @@ def test_runpod_gpu_types(cat_settings, price_server):  # type: ignore[no-untype
     assert live[("H100-SXM", "vm", "secure")] == 2.69
     assert live[("A100-80GB", "vm", "secure")] == 1.64
     assert live[("MI300X", "vm", "secure")] == 2.49
+    # The instance type is RunPod's gpuTypeId: what the pods provider deploys (podFindAndDeployOnDemand).
+    ids = {o.instance_type for o in _live(cat_settings, "runpod")}
+    sent_ids = {
+        t["id"] for t in json.loads((FIXTURES_DIR / "runpod_gpu_types.json").read_text())["data"]["gpuTypes"]
+    }
+    assert ids <= sent_ids
     # Price 0 means "not offered in this tier": never a free GPU.
     assert ("H100-SXM", "vm", "community") not in live
     assert all(p > 0 for p in live.values())
@@ -74,23 +97,25 @@ def test_runpod_gpu_types(cat_settings, price_server):  # type: ignore[no-untype
 
 
 def test_vastai_offer_search(cat_settings, price_server):  # type: ignore[no-untyped-def]
-    price_server.route("GET", "/api/v0/bundles/", fixture="vastai_bundles.json")
+    price_server.route("POST", "/api/v0/bundles/", fixture="vastai_bundles.json")
     [outcome] = _run(cat_settings, price_server, "vast", {"VAST_API_KEY": "vk"})
     assert outcome.status == "live", outcome
-    q = price_server.seen[0].query
-    assert "verified" in httpx.QueryParams(q)["q"]
+    query = json.loads(price_server.seen[0].body)
+    assert query["verified"] == {"eq": True} and query["rentable"] == {"eq": True}
     live = {(o.instance_type, o.kind): o for o in _live(cat_settings, "vast")}
-    rtx = live[("offer-8123401", "vm")]
+    # The offer id is the instance type: it is what the Vast provider rents (PUT /asks/{id}/).
+    rtx = live[("8123401", "vm")]
     assert (rtx.gpu, rtx.region, rtx.price_per_hour, rtx.extra["reliability"]) == (
         "RTX4090",
         "se",
         0.3512,
         "0.997",
     )
-    assert live[("offer-8123401", "spot")].price_per_hour == 0.2011
-    assert live[("offer-8123402", "vm")].gpu == "A100-40GB"  # "A100 PCIE" with 40 GB of VRAM
-    assert ("offer-8123402", "spot") not in live  # no min_bid: no interruptible offer
-    h100 = live[("offer-8123403", "vm")]
+    assert live[("8123401", "spot")].price_per_hour == 0.2011
+    assert live[("8123401", "spot")].tier == "interruptible"
+    assert live[("8123402", "vm")].gpu == "A100-40GB"  # "A100 PCIE" with 40 GB of VRAM
+    assert ("8123402", "spot") not in live  # no min_bid: no interruptible offer
+    h100 = live[("8123403", "vm")]
     assert (h100.gpu, h100.gpu_count, h100.region) == ("H100-SXM", 8, "ca")
 
 
@@ -192,7 +217,11 @@ def test_gcp_billing_catalog_sums_gpu_core_and_ram(cat_settings, price_server): 
 
 
 def test_no_credentials_keeps_snapshot(cat_settings) -> None:  # type: ignore[no-untyped-def]
-    outcomes = {o.provider: o for o in refresh(cat_settings, ["lambda", "runpod", "linode"], env={}, now=NOW)}
+    sources = price_sources(cat_settings, FakeClock(), env={})
+    outcomes = {
+        o.provider: o
+        for o in refresh(cat_settings, ["lambda", "runpod", "linode"], sources=sources, env={}, now=NOW)
+    }
     assert outcomes["lambda"].status == "snapshot" and "LAMBDA_API_KEY" in outcomes["lambda"].detail
     assert "export LAMBDA_API_KEY" in (outcomes["lambda"].fix or "")
     assert outcomes["linode"].status == "snapshot" and "no public price API" in outcomes["linode"].detail
@@ -211,7 +240,9 @@ def test_auth_failure_and_garbage_keep_previous_prices(cat_settings, price_serve
         body='{"error": {"code": "global/invalid-api-key", "message": "bad key"}}',
     )
     [bad] = _run(cat_settings, price_server, "lambda", {"LAMBDA_API_KEY": "wrong"})
-    assert bad.status == "failed" and "HTTP 401" in bad.detail and "API key" in (bad.fix or "")
+    # The provider client's typed error: Lambda's own message and code, and where to make a new key.
+    assert bad.status == "failed" and "bad key (global/invalid-api-key)" in bad.detail
+    assert "api-keys" in (bad.fix or "")
     price_server.route("GET", "/api/v1/instance-types", body='{"data": {"x": {"nope": 1}}}')
     [garbage] = _run(cat_settings, price_server, "lambda", {"LAMBDA_API_KEY": "k"})
     assert garbage.status == "failed"
@@ -237,11 +268,22 @@ def test_staleness_follows_ttl(cat_settings, price_server):  # type: ignore[no-u
     assert all(is_stale(s, NOW) for s in snapshot_offerings())  # transcribed months ago: shown as stale
 
 
-def test_every_fetcher_documents_its_api() -> None:
-    assert set(FETCHERS) == {"lambda", "runpod", "vast", "azure", "aws", "gcp"}
+def test_every_source_documents_its_api(cat_settings) -> None:  # type: ignore[no-untyped-def]
+    # Price-only APIs are the catalog's own fetchers; the providers' clients price the rest (one client each).
+    assert set(FETCHERS) == {"azure", "aws", "gcp"}
     assert FETCHERS["azure"].credentials == ()  # Azure's retail prices need no account
-    for spec in FETCHERS.values():
+    sources = price_sources(cat_settings, FakeClock(), env={})
+    assert set(sources) == {"lambda", "runpod", "vast"}
+    assert not set(FETCHERS) & set(sources)
+    for spec in [*FETCHERS.values(), *sources.values()]:
         assert spec.doc_url.startswith("https://")
+
+
+def test_without_injected_sources_provider_apis_are_not_called(cat_settings, price_server):  # type: ignore[no-untyped-def]
+    # The catalog alone has no Lambda client: without a source it keeps the snapshot and says so.
+    [outcome] = refresh(cat_settings, ["lambda"], env={"LAMBDA_API_KEY": "k"}, now=NOW)
+    assert outcome.status == "snapshot" and "no public price API" in outcome.detail
+    assert price_server.seen == []
 
 
 def test_parse_spot_history_reads_next_token() -> None:

@@ -85,9 +85,10 @@ def _provider(fake, settings, clock):
 def test_offerings_on_demand_and_bid(fake, settings, clock):
     offs = _provider(fake, settings, clock).offerings()
     assert [(o.instance_type, o.kind, o.price_per_hour, o.gpu, o.region) for o in offs] == [
-        ("4242", "vm", 0.41, "RTX4090", "Texas, US"),
-        ("4242", "spot", 0.22, "RTX4090", "Texas, US"),
+        ("4242", "vm", 0.41, "RTX4090", "us"),  # the country code: the catalog's Vast regions
+        ("4242", "spot", 0.22, "RTX4090", "us"),
     ]
+    assert offs[0].extra["location"] == "Texas, US" and offs[1].tier == "interruptible"
     assert fake.errors == []
 
 

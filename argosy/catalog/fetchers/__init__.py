@@ -1,42 +1,21 @@
-"""Live-price fetchers, one module per provider API, registered by provider name.
+"""Live-price fetchers for price-only APIs, one module per API, registered by provider name.
 
-A fetcher turns one provider's documented price API into Offerings. Providers without a public price
-API (Linode's is per-account, Modal, Baseten, Cloud Run) are served from the snapshot only.
+A fetcher turns one provider's documented price API into Offerings. Providers whose own API client
+lists prices (Lambda, RunPod, Vast.ai) are not here: their clients come in as `LiveSource`s, injected
+by the caller (`argosy.providers.price_sources`), so each provider has one client, not two. Providers
+without a public price API (Linode's is per-account, Modal, Baseten, Cloud Run) are served from the
+snapshot only.
 """
 
 from __future__ import annotations
 
 from types import MappingProxyType
 
-from argosy.catalog.fetchers import aws, azure, gcp, lambda_, runpod, vastai
-from argosy.catalog.fetchers.base import FetchContext, FetcherSpec, FetchResult
+from argosy.catalog.fetchers import aws, azure, gcp
+from argosy.catalog.fetchers.base import FetchContext, FetcherSpec, FetchResult, LiveSource
 
 FETCHERS: MappingProxyType[str, FetcherSpec] = MappingProxyType(
     {
-        "lambda": FetcherSpec(
-            "lambda",
-            "GET /api/v1/instance-types",
-            lambda_.DOC_URL,
-            ("LAMBDA_API_KEY",),
-            "https://cloud.lambda.ai",
-            lambda_.fetch,
-        ),
-        "runpod": FetcherSpec(
-            "runpod",
-            "GraphQL gpuTypes",
-            runpod.DOC_URL,
-            ("RUNPOD_API_KEY",),
-            "https://api.runpod.io",
-            runpod.fetch,
-        ),
-        "vast": FetcherSpec(
-            "vast",
-            "GET /api/v0/bundles/",
-            vastai.DOC_URL,
-            ("VAST_API_KEY",),
-            "https://console.vast.ai",
-            vastai.fetch,
-        ),
         "azure": FetcherSpec(
             "azure", "Retail Prices API", azure.DOC_URL, (), "https://prices.azure.com", azure.fetch
         ),
@@ -59,4 +38,4 @@ FETCHERS: MappingProxyType[str, FetcherSpec] = MappingProxyType(
     }
 )
 
-__all__ = ["FETCHERS", "FetchContext", "FetchResult", "FetcherSpec"]
+__all__ = ["FETCHERS", "FetchContext", "FetchResult", "FetcherSpec", "LiveSource"]

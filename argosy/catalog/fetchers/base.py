@@ -1,9 +1,16 @@
-"""What every live-price fetcher shares: its spec, its result, and helpers for building offerings."""
+"""What every live-price source shares: its spec, its result, and helpers for building offerings.
+
+Two kinds of source feed `argosy catalog refresh`:
+- `FetcherSpec`: a price-only API the catalog calls itself (AWS Price List, Azure Retail, GCP Billing
+  Catalog): no provider client lists those prices.
+- `LiveSource`: a provider's own API client (Lambda, RunPod, Vast.ai), injected by the caller, since the
+  catalog may not import providers. One client per provider: the one that launches also prices.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import httpx
@@ -40,6 +47,55 @@ class FetcherSpec:
 
     def missing_credentials(self, env: Mapping[str, str]) -> list[str]:
         return [v for v in self.credentials if not env.get(v)]
+
+
+@dataclass(frozen=True)
+class LiveSource:
+    """Offerings listed by a client outside the catalog, adopted into the catalog's terms by `adopt`."""
+
+    provider: str
+    api: str  # what is called, for people
+    doc_url: str
+    credentials: tuple[str, ...]  # environment variables of which any one is enough
+    list_offerings: Callable[[], Sequence[Offering]]
+    # A listing from an account's API says what exists now: it replaces the snapshot's rows of these kinds.
+    replaces_kinds: tuple[str, ...] = ("vm", "spot")
+
+    def missing_credentials(self, env: Mapping[str, str]) -> list[str]:
+        return [] if any(env.get(v) for v in self.credentials) else list(self.credentials[:1])
+
+    def fetch(self, ctx: FetchContext) -> FetchResult:
+        return adopt(self.list_offerings(), ctx, self.replaces_kinds)
+
+
+def adopt(offerings: Sequence[Offering], ctx: FetchContext, replaces_kinds: tuple[str, ...]) -> FetchResult:
+    """A provider's listing in the catalog's terms: known GPUs only, stamped live at `ctx.now`.
+
+    - A GPU the catalog's table does not know is skipped (placement cannot size a model for it) and
+      named in `skipped`, so the table can learn its alias.
+    - A row without a region (listed, but with capacity nowhere) is kept at the regions the snapshot
+      knows for that instance type, unavailable: its price stays visible, placement will not pick it.
+    """
+    from argosy.catalog.gpus import load_gpus
+
+    gpus = load_gpus()
+    known_regions: dict[str, list[str]] = {}
+    for o in ctx.snapshot:
+        known_regions.setdefault(o.instance_type, []).append(o.region)
+    when = iso_now(ctx.now)
+    out: list[Offering] = []
+    skipped: list[str] = []
+    for o in offerings:
+        if o.gpu is not None and o.gpu not in gpus.specs:
+            skipped.append(f"{o.instance_type}: unknown GPU '{o.gpu}'")
+            continue
+        o = replace(o, fetched_at=when, extra={**o.extra, "origin": "live"})
+        if o.region:
+            out.append(o)
+        else:
+            for region in known_regions.get(o.instance_type) or ["unknown"]:
+                out.append(replace(o, region=region, available=False))
+    return FetchResult(out, replaces_kinds=replaces_kinds, skipped=skipped)
 
 
 def check_response(resp: httpx.Response, provider: str) -> None:

@@ -86,6 +86,12 @@ def register(app: typer.Typer) -> None:
         address: str = typer.Option(
             "127.0.0.1", "--address", help="Address the server reaches this node's engines at."
         ),
+        role: list[str] = typer.Option(
+            [], "--role", help="Extra role of this node: `sandbox` runs the server's sandboxes here."
+        ),
+        sandbox_port: int = typer.Option(
+            0, "--sandbox-port", help="Port of the sandbox endpoint (with --role sandbox; 0: a free one)."
+        ),
     ) -> None:
         """Run the node agent: register, heartbeat, and run the workloads the server assigns."""
         from argosy.core.log import setup_logging
@@ -99,6 +105,38 @@ def register(app: typer.Typer) -> None:
         os.makedirs(settings.home / "agent", exist_ok=True)
 
         def prepare(spec, port, progress):  # type: ignore[no-untyped-def]
+            if spec.get("kind") == "train":  # a fine-tuning run: no engine, runs to completion
+                from argosy.train.workload import prepare_train
+
+                return prepare_train(spec, progress)
             return prepare_workload(spec, port, settings, progress, host=address)
 
-        Agent(server_url, token, settings, prepare, name=name, host=address).run()
+        unknown = sorted(set(role) - {"sandbox"})
+        if unknown:
+            raise ArgosyError(f"unknown agent role '{unknown[0]}'", fix="the roles are: sandbox")
+        service = None
+        if "sandbox" in role:
+            from argosy.cli.sandbox_agent import SandboxService
+
+            holder: list[Agent] = []
+            service = SandboxService(
+                address, sandbox_port, node=lambda: holder[0].node_id if holder else None
+            )
+            service.start()
+        a = Agent(
+            server_url,
+            token,
+            settings,
+            prepare,
+            name=name,
+            host=address,
+            roles=tuple(sorted(set(role))),
+            services=service.services if service is not None else None,
+        )
+        if service is not None:
+            holder.append(a)
+        try:
+            a.run()
+        finally:
+            if service is not None:
+                service.close()

@@ -46,6 +46,9 @@ class SandboxConfig(BaseModel):
     pool: dict[str, int] = Field(default_factory=dict, description="Pre-warmed sandboxes per language")
     session_ttl_max_s: float = Field(24 * 3600.0, gt=0)
     reap_interval_s: float = Field(5.0, gt=0)
+    # On the server: run sandboxes on its own machine when no agent with the sandbox role is
+    # registered. Off (ARGOSY_SANDBOX_LOCAL_FALLBACK=0) keeps untrusted code off the control plane.
+    local_fallback: bool = True
     # Host paths visible read-only inside; everything else (home dirs, /var, /srv, the server's
     # database) is absent. Entries that do not exist on the node are skipped.
     ro_paths: list[str] = ["/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
@@ -61,6 +64,7 @@ class SandboxConfig(BaseModel):
             "ARGOSY_SANDBOX_DIR": "base_dir",
             "ARGOSY_SANDBOX_MAX_CONCURRENT": "max_concurrent",
             "ARGOSY_SANDBOX_MAX_QUEUE": "max_queue",
+            "ARGOSY_SANDBOX_LOCAL_FALLBACK": "local_fallback",
         }
         for var, key in simple.items():
             if env.get(var):

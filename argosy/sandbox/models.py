@@ -79,6 +79,10 @@ class ExecResult(_Strict):
     backend: str
     compile: CompileOutput | None = None
     warm: bool = Field(False, description="Served from a pre-warmed sandbox")
+    node: str | None = Field(
+        None, description="Id of the node whose agent ran it; null: the server's (or CLI's) own machine"
+    )
+    limits: dict[str, float] | None = Field(None, description="The limits the run had, after caps")
 
 
 class SessionCreate(_Strict):

@@ -11,7 +11,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -215,8 +215,12 @@ class LocalRunner:
         config: SandboxConfig | None = None,
         clock: Clock | None = None,
         table: LanguageTable | None = None,
+        node: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config or SandboxConfig.from_env()
+        # On an agent with the sandbox role: its node id, stamped on every result (known only
+        # once the agent has registered, hence a callable).
+        self.node = node
         self.clock = clock or SystemClock()
         self.table = table or LanguageTable.load()
         backend = backends().load(self.config.backend)(self.config)
@@ -442,11 +446,23 @@ class LocalRunner:
         stdin = req.stdin.encode() if req.stdin is not None else None
         if self.vm is not None:
             with self.admission.slot():
-                return self._run_in_vm(lang, files, limits, req.args, stdin, req.network)
+                return self._stamp(self._run_in_vm(lang, files, limits, req.args, stdin, req.network), limits)
         with self.admission.slot():
-            return self._run_language(
-                new_id("run"), lang, files, limits, req.args, stdin, req.network, None, on_output
+            return self._stamp(
+                self._run_language(
+                    new_id("run"), lang, files, limits, req.args, stdin, req.network, None, on_output
+                ),
+                limits,
             )
+
+    def _stamp(self, res: ExecResult, limits: Limits) -> ExecResult:
+        """Who ran it and under which limits (the server records both)."""
+        res.node = self.node() if self.node is not None else None
+        res.limits = {
+            k: limits.as_dict()[k]
+            for k in ("timeout_ms", "memory_mb", "cpu_count", "max_output_bytes", "pids")
+        }
+        return res
 
     def _run_in_vm(
         self,
@@ -547,6 +563,11 @@ class LocalRunner:
         meta = self._meta(d)
         lang = self._language(req.language, None)
         limits = self._request_limits(lang, req, meta.get("memory_mb"))
+        return self._stamp(self._exec_session(d, meta, lang, limits, req), limits)
+
+    def _exec_session(
+        self, d: Path, meta: dict[str, Any], lang: Language, limits: Limits, req: SessionExec
+    ) -> ExecResult:
         stdin = req.stdin.encode() if req.stdin is not None else None
         with self.admission.slot():
             run_id = new_id("run")

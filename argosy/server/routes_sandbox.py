@@ -1,8 +1,12 @@
 """Sandbox API: one-shot execution and sessions. Thin: the work is in argosy.sandbox.service.
 
-The server includes `router` behind its auth. The runner lives on `app.state.sandbox_runner`:
-`install(app, runner)` puts one there (tests, or a runner that proxies to a sandbox agent);
-otherwise the first request makes a LocalRunner that executes on the server's own machine.
+The server includes `router` behind its auth and calls `attach(app, state)`, which feeds agents'
+heartbeats into an AgentTable. The runner lives on `app.state.sandbox_runner`: `install(app, runner)`
+puts one there (tests); otherwise the first request makes a ClusterRunner that proxies to agents
+with the `sandbox` role and runs on the server's own machine when none is registered (an app
+without `attach`, e.g. an agent's own endpoint, gets a plain LocalRunner).
+
+`node_app(runner, token)` is the same API as an agent serves it: one bearer token, no store.
 Handlers are plain `def`s: FastAPI runs them in its thread pool, where a run blocks one thread
 while the admission queue bounds how many do.
 """
@@ -22,6 +26,8 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from argosy.core.errors import ArgosyError
+from argosy.sandbox.cluster import AgentTable, ClusterRunner
+from argosy.sandbox.config import SandboxConfig
 from argosy.sandbox.errors import SandboxBusyError
 from argosy.sandbox.models import ExecRequest, ExecResult, SessionCreate, SessionExec, SessionInfo
 from argosy.sandbox.service import LocalRunner, SandboxRunner
@@ -37,6 +43,22 @@ def install(app: fastapi.FastAPI, runner: SandboxRunner) -> None:
     app.state.sandbox_runner = runner
 
 
+def attach(app: fastapi.FastAPI, server_state: Any) -> None:
+    """Inside the server: learn sandbox agents from heartbeats, record runs in the store."""
+    from argosy.sandbox.runs import StoreRecorder
+
+    agents = AgentTable(server_state.clock, server_state.settings.server.heartbeat_timeout_s)
+    app.state.sandbox_agents = agents
+    app.state.sandbox_recorder = StoreRecorder(server_state.store, server_state.clock)
+    app.state.sandbox_store = server_state.store
+    hooks = getattr(app.state, "agent_report_hooks", None)
+    if hooks is None:
+        hooks = app.state.agent_report_hooks = []
+    hooks.append(
+        lambda node_id, report, answer: agents.observe(node_id, report, bool(answer.get("terminate")))
+    )
+
+
 def runner_of(request: Request) -> SandboxRunner:
     state = request.app.state
     existing = getattr(state, "sandbox_runner", None)
@@ -46,9 +68,19 @@ def runner_of(request: Request) -> SandboxRunner:
         existing = getattr(state, "sandbox_runner", None)
         if existing is None:
             clock = getattr(state, "clock", None)
-            local = LocalRunner(clock=clock)
-            local.start_background()
-            state.sandbox_runner = existing = local
+            agents = getattr(state, "sandbox_agents", None)
+            if agents is None:
+                local = LocalRunner(clock=clock)
+                local.start_background()
+                existing = local
+            else:
+                existing = ClusterRunner(
+                    agents,
+                    lambda: LocalRunner(clock=clock),
+                    local_fallback=SandboxConfig.from_env().local_fallback,
+                    recorder=getattr(state, "sandbox_recorder", None),
+                )
+            state.sandbox_runner = existing
     return existing  # type: ignore[no-any-return]
 
 
@@ -109,6 +141,27 @@ async def _sse(runner: SandboxRunner, req: ExecRequest) -> AsyncIterator[bytes]:
         yield _event(name, data)
         if name in ("result", "error"):
             return
+
+
+@router.get("/sandbox/runs")
+def list_runs(
+    request: Request, limit: int = fastapi.Query(50, ge=1, le=1000), node: str | None = None
+) -> Any:
+    """Recent runs this server brokered, newest first (with what each cost)."""
+    from argosy.sandbox.runs import list_runs as query
+
+    store = getattr(request.app.state, "sandbox_store", None)
+    if store is None:
+        return JSONResponse(
+            {
+                "error": "NotFoundError",
+                "message": "this endpoint keeps no run history (runs are recorded by the server)",
+                "fix": "ask the Argosy server: `argosy sandbox ls --runs`",
+            },
+            status_code=404,
+        )
+    with store.session() as s:
+        return query(s, limit, node)
 
 
 @router.get("/sandbox/doctor")
@@ -173,3 +226,24 @@ def delete_session(session_id: str, request: Request) -> Any:
         return {"id": session_id, "deleted": True}
 
     return _answer(delete)
+
+
+def node_app(runner: SandboxRunner, token: str) -> fastapi.FastAPI:
+    """The sandbox API as an agent serves it to the server: this node's runner, one bearer token."""
+    import hmac
+
+    def check(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise fastapi.HTTPException(401, "this sandbox node only answers its server")
+
+    app = fastapi.FastAPI(title="Argosy sandbox node", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    app.include_router(router, dependencies=[fastapi.Depends(check)])
+    install(app, runner)
+    return app

@@ -116,3 +116,27 @@ class LedgerEntry(Base):
     seconds: Mapped[float] = mapped_column(Float)
     price_per_hour: Mapped[float] = mapped_column(Float)
     cost_usd: Mapped[float] = mapped_column(Float)
+
+
+class SandboxRun(Base):
+    """One sandbox execution (one-shot or in a session), recorded by the server that brokered it."""
+
+    __tablename__ = "sandbox_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the run id in the API's answer
+    node_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)  # None: the server
+    session_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    language: Mapped[str] = mapped_column(String(40))
+    version: Mapped[str] = mapped_column(String(200), default="")
+    backend: Mapped[str] = mapped_column(String(40), default="")
+    status: Mapped[str] = mapped_column(String(20))  # ok | error | compile_error | timed_out | ...
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    signal: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    timed_out: Mapped[bool] = mapped_column(default=False)
+    oom_killed: Mapped[bool] = mapped_column(default=False)
+    truncated: Mapped[bool] = mapped_column(default=False)
+    warm: Mapped[bool] = mapped_column(default=False)
+    limits: Mapped[dict[str, Any]] = mapped_column(default=dict)  # timeout_ms, memory_mb, cpu_count, ...
+    duration_ms: Mapped[float] = mapped_column(Float)  # compile + run
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float, index=True)

@@ -26,6 +26,11 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     url: str | None = Field(None, description="Use a remote server instead of the embedded local one.")
+    public_url: str | None = Field(
+        None,
+        description="The URL cloud nodes reach this server at (their agents register there); "
+        "needed for cloud providers when the server listens on loopback.",
+    )
     reconcile_interval_s: float = Field(1.0, gt=0)
     heartbeat_timeout_s: float = Field(15.0, gt=0)
 
@@ -118,6 +123,7 @@ ENV_VARS: dict[str, str] = {
     "ARGOSY_SERVER_URL": "server.url",
     "ARGOSY_SERVER_HOST": "server.host",
     "ARGOSY_SERVER_PORT": "server.port",
+    "ARGOSY_SERVER_PUBLIC_URL": "server.public_url",
     "ARGOSY_LLAMA_SERVER": "engine.llamacpp.binary",
     "ARGOSY_ENGINE": "engine.default",
 }

@@ -37,6 +37,7 @@ from argosy.providers.common import (
     NAME_PREFIX,
     bootstrap_spec,
     canonical_gpu,
+    check_control_plane,
     environ,
     import_sdk,
     key_fingerprint,
@@ -205,7 +206,10 @@ class AwsProvider:
                     fix=exc.fix or "aws configure (or export AWS_PROFILE=...)",
                 )
             ]
-        checks = [CheckResult("aws credentials", True, f"account {ident['Account']}")]
+        checks = [
+            CheckResult("aws credentials", True, f"account {ident['Account']}"),
+            check_control_plane(self.settings),
+        ]
         # G and VT on-demand vCPU quota: 0 on new accounts, the most common first-launch failure.
         try:
             q = self._call(
@@ -349,7 +353,7 @@ class AwsProvider:
     def plan(self, request: InstanceRequest) -> Plan:
         off = request.offering
         require_kind(self.name, off.kind, ["vm", "spot"])
-        cloud_init = render_cloud_init(bootstrap_spec(request, self._env))
+        cloud_init = render_cloud_init(bootstrap_spec(request, self._env, self.settings))
         tags = [{"Key": k, "Value": v} for k, v in sorted(managed_labels(request).items())]
         tags.append({"Key": "Name", "Value": node_name(request.name)})
         run: dict[str, Any] = {

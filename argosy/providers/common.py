@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import ipaddress
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from argosy.core.errors import ArgosyError, ProviderAuthError
 from argosy.providers.base import MANAGED_LABEL, CheckResult, InstanceRequest
@@ -54,14 +56,65 @@ def is_managed(labels: Mapping[str, str]) -> bool:
     return labels.get(MANAGED_LABEL) == "true"
 
 
-def bootstrap_spec(request: InstanceRequest, env: Mapping[str, str]) -> BootstrapSpec:
+PUBLIC_URL_FIX = (
+    "set the URL cloud nodes can reach this server at: `export ARGOSY_SERVER_PUBLIC_URL=https://argosy.example.com` "
+    "(or server.public_url in argosy.yaml), and serve on an address they can reach "
+    "(`argosy server --host 0.0.0.0` behind TLS, or a tunnel)"
+)
+
+
+def is_unreachable_from_cloud(url: str) -> bool:
+    """True for loopback and unspecified hosts: a cloud VM dialling them reaches itself, not the server."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return False  # not a URL at all: the bootstrap's own validation says what is wrong
+    host = (parts.hostname or "").lower()
+    if host in ("localhost", "") or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a DNS name: reachable or not, only the network can tell
+    return ip.is_loopback or ip.is_unspecified or ip.is_link_local
+
+
+def control_plane_url(settings: Any, server_url: str) -> str:
+    """The server URL a cloud node's agent dials: `server.public_url` when set, else the caller's."""
+    public = getattr(getattr(settings, "server", None), "public_url", None)
+    return (public or server_url).rstrip("/")
+
+
+def check_control_plane(settings: Any) -> CheckResult:
+    """Preflight: can a node this provider starts ever register with the server?"""
+    server = settings.server
+    url = server.public_url or server.url or f"http://{server.host}:{server.port}"
+    if is_unreachable_from_cloud(url):
+        return CheckResult(
+            "control plane reachable",
+            False,
+            f"nodes would register at {url}, which a cloud machine cannot reach (loopback); "
+            "they would boot, bill, and never join",
+            fix=PUBLIC_URL_FIX,
+        )
+    return CheckResult("control plane reachable", True, f"nodes register at {url}")
+
+
+def bootstrap_spec(request: InstanceRequest, env: Mapping[str, str], settings: Any = None) -> BootstrapSpec:
     if not request.server_url or not request.agent_token:
         raise ArgosyError(
             f"node '{request.name}' has no server URL or registration token to bootstrap with",
             fix="provision through the server (`argosy deploy ...`), which issues a one-time token per node",
         )
+    server_url = control_plane_url(settings, request.server_url)
+    if is_unreachable_from_cloud(server_url):
+        # Refuse before anything is created: a VM that can never register only bills.
+        raise ArgosyError(
+            f"node '{request.name}' on {request.offering.provider} would register at {server_url}, "
+            "a loopback address the cloud machine cannot reach",
+            fix=PUBLIC_URL_FIX,
+        )
     spec = BootstrapSpec(
-        server_url=request.server_url,
+        server_url=server_url,
         agent_token=request.agent_token,
         node_name=node_name(request.name),
         pip_spec=env.get(PIP_SPEC_ENV, ""),

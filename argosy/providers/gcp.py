@@ -39,6 +39,7 @@ from argosy.providers.common import (
     NODE_LABEL,
     bootstrap_spec,
     canonical_gpu,
+    check_control_plane,
     environ,
     first_env,
     import_sdk,
@@ -232,6 +233,7 @@ class GcpProvider:
             )
             return checks
         checks.append(CheckResult("gcp project", True, self.project))
+        checks.append(check_control_plane(self.settings))
         if self._credentials is None:
             try:
                 import google.auth
@@ -349,7 +351,7 @@ class GcpProvider:
         require_kind(self.name, off.kind, ["vm", "spot"])
         project = self._project()
         zone = off.region
-        script = render_startup_script(bootstrap_spec(request, self._env))
+        script = render_startup_script(bootstrap_spec(request, self._env, self.settings))
         name = node_name(request.name)
         metadata = [
             {"key": "startup-script", "value": script},

@@ -22,6 +22,7 @@ from argosy.providers.common import (
     KeyedApiProvider,
     bootstrap_spec,
     canonical_gpu,
+    check_control_plane,
     check_credential,
     check_ssh_key,
     key_fingerprint,
@@ -56,7 +57,7 @@ class LambdaProvider(KeyedApiProvider):
     # -- Preflight -----------------------------------------------------------------------------
     def preflight(self) -> list[CheckResult]:
         cred = check_credential(self._env, KEY_VARS, self.name, KEYS_URL)
-        checks = [cred]
+        checks = [cred, check_control_plane(self.settings)]
         if cred.ok:
             try:
                 keys = self.client.ssh_keys()  # cheap authenticated call
@@ -129,7 +130,7 @@ class LambdaProvider(KeyedApiProvider):
                 f"lambda has no capacity for {off.instance_type} in any region right now",
                 fix="pick another instance type, or retry later",
             )
-        cloud_init = render_cloud_init(bootstrap_spec(request, self._env))
+        cloud_init = render_cloud_init(bootstrap_spec(request, self._env, self.settings))
         labels = managed_labels(request)
         payload = {
             "region_name": off.region,

@@ -35,6 +35,7 @@ from argosy.providers.common import (
     NODE_LABEL,
     bootstrap_spec,
     canonical_gpu,
+    check_control_plane,
     check_credential,
     environ,
     first_env,
@@ -186,7 +187,7 @@ class LinodeProvider:
 
     def preflight(self) -> list[CheckResult]:
         cred = check_credential(self._env, KEY_VARS, self.name, TOKENS_URL)
-        checks = [cred]
+        checks = [cred, check_control_plane(self.settings)]
         try:
             import linode_api4  # noqa: F401
         except ImportError:
@@ -239,7 +240,7 @@ class LinodeProvider:
     def plan(self, request: InstanceRequest) -> Plan:
         off = request.offering
         require_kind(self.name, off.kind, ["vm"])
-        spec = bootstrap_spec(request, self._env)
+        spec = bootstrap_spec(request, self._env, self.settings)
         cloud_init = render_cloud_init(dataclasses.replace(spec, install_nvidia_driver=True))
         body: dict[str, Any] = {
             "type": off.instance_type,

@@ -27,6 +27,7 @@ from argosy.providers.common import (
     KeyedApiProvider,
     bootstrap_spec,
     canonical_gpu,
+    check_control_plane,
     check_credential,
     managed_labels,
     node_name,
@@ -54,7 +55,7 @@ class RunPodProvider(KeyedApiProvider):
 
     def preflight(self) -> list[CheckResult]:
         cred = check_credential(self._env, KEY_VARS, self.name, KEYS_URL)
-        checks = [cred]
+        checks = [cred, check_control_plane(self.settings)]
         if cred.ok:
             try:
                 self.client.user()
@@ -96,7 +97,7 @@ class RunPodProvider(KeyedApiProvider):
     def plan(self, request: InstanceRequest) -> Plan:
         off = request.offering
         require_kind(self.name, off.kind, ["vm", "spot"])
-        spec = bootstrap_spec(request, self._env)
+        spec = bootstrap_spec(request, self._env, self.settings)
         script = render_startup_script(spec, foreground=True)
         labels = managed_labels(request)
         env = {

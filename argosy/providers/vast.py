@@ -24,6 +24,7 @@ from argosy.providers.common import (
     KeyedApiProvider,
     bootstrap_spec,
     canonical_gpu,
+    check_control_plane,
     check_credential,
     node_name,
     require_kind,
@@ -64,7 +65,7 @@ class VastProvider(KeyedApiProvider):
 
     def preflight(self) -> list[CheckResult]:
         cred = check_credential(self._env, KEY_VARS, self.name, KEYS_URL)
-        checks = [cred]
+        checks = [cred, check_control_plane(self.settings)]
         if cred.ok:
             try:
                 user = self.client.current_user()
@@ -122,7 +123,7 @@ class VastProvider(KeyedApiProvider):
                 f"vast offering '{off.instance_type}' is not an offer id",
                 fix="plan from a fresh Vast offering (`argosy catalog refresh --provider vast`)",
             )
-        script = render_startup_script(bootstrap_spec(request, self._env), foreground=True)
+        script = render_startup_script(bootstrap_spec(request, self._env, self.settings), foreground=True)
         payload: dict[str, Any] = {
             "client_id": "me",
             "image": self._env.get("ARGOSY_VAST_IMAGE") or DEFAULT_IMAGE,

@@ -61,9 +61,9 @@ def test_real_tokens_are_redacted(settings):
     assert "real-one-time-token" not in plan_text(plan, secrets=["real-one-time-token"])
 
 
-def test_bad_server_url_is_an_error_for_people(settings):
+def test_bad_server_url_is_an_error_for_people(loopback_settings):
     req = _request("lambda")
-    req.server_url = "argosy.example.com"  # no scheme
+    req.server_url = "argosy.example.com"  # no scheme (and no server.public_url to stand in for it)
     with pytest.raises(ArgosyError) as info:
-        get_provider("lambda", settings).plan(req)
+        get_provider("lambda", loopback_settings).plan(req)
     assert "http://" in info.value.message and info.value.fix

@@ -208,8 +208,8 @@ def test_errors_typed(fake, settings, clock, message, err):
 
 def test_http_401_is_auth(fake, settings, clock):
     fake.route("POST", "/graphql", Reply(401, None))
-    checks = _provider(fake, settings, clock).preflight()
-    assert not checks[1].ok and "API key" in checks[1].fix
+    api = next(c for c in _provider(fake, settings, clock).preflight() if c.name == "runpod api")
+    assert not api.ok and "API key" in api.fix
 
 
 def test_pod_not_found_error_means_terminated(fake, settings, clock):

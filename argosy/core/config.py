@@ -38,6 +38,12 @@ class ServerConfig(_Strict):
 class LocalProviderConfig(_Strict):
     price_per_hour: float = Field(0.0, ge=0, description="What an hour of this machine costs you, in USD.")
     gpu_price_per_hour: float = Field(0.0, ge=0)
+    country: str | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="ISO 3166-1 alpha-2 country of this machine: its grid's carbon intensity for fine-tunes.",
+    )
 
 
 class FakeProviderConfig(_Strict):

@@ -33,6 +33,7 @@ class DeployRequest:
     gpu: str | None = None
     fallback: str | None = None  # a serverless provider for the fallback tier
     fallback_model: str | None = None  # what the endpoint loads (a hub id: it cannot read local paths)
+    lora: str | None = None  # a LoRA adapter dir served on top of `model` (a fine-tune's result)
 
 
 def default_name(model: str) -> str:
@@ -109,6 +110,7 @@ def validate(req: DeployRequest, engines: list[str], default_engine: str) -> Dep
         req.gpu,
         req.fallback,
         fallback_model,
+        req.lora,
     )
 
 
@@ -198,6 +200,7 @@ def create(s: Session, req: DeployRequest, plan: dict[str, Any], now: float) -> 
             "fallback_offerings": plan["fallback_offerings"],
             "gpu": req.gpu,
             "fallback": {"provider": req.fallback, "model": req.fallback_model} if req.fallback else None,
+            "lora": req.lora,
         },
         created_at=now,
         updated_at=now,

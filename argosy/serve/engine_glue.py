@@ -10,7 +10,7 @@ from typing import Any
 from argosy.core.config import Settings
 from argosy.core.errors import ArgosyError, did_you_mean
 from argosy.fleet.agent import Launch
-from argosy.serve.engines.base import ServingSpec
+from argosy.serve.engines.base import LoraSpec, ServingSpec
 from argosy.serve.engines.registry import engine_names as _engine_names
 from argosy.serve.engines.registry import get_engine
 from argosy.serve.engines.runtime import spec_from_settings
@@ -48,18 +48,23 @@ def build_spec(
     settings: Settings,
     port: int,
     host: str = "127.0.0.1",
+    lora: str | None = None,
 ) -> ServingSpec:
-    """The engine's spec from settings (spec_from_settings), with the deployment's engine args on top."""
+    """The engine's spec from settings (spec_from_settings), with the deployment's engine args on top
+    (and the LoRA adapter of a fine-tune, if the deployment serves one)."""
     spec = spec_from_settings(
         settings, engine=engine, model=model, served_name=served_name, port=port, host=host
     )
-    return replace(spec, **parse_engine_args(args))
+    spec = replace(spec, **parse_engine_args(args))
+    return replace(spec, lora=LoraSpec(path=lora)) if lora else spec
 
 
 def engine_plan(req: Any, settings: Settings) -> dict[str, Any]:
     """The engine command a replica would run, rendered without touching the node (for plans)."""
     engine = get_engine(req.engine)
-    spec = build_spec(req.engine, req.model, req.name, req.engine_args, settings, port=8080)
+    spec = build_spec(
+        req.engine, req.model, req.name, req.engine_args, settings, port=8080, lora=getattr(req, "lora", None)
+    )
     engine.validate(spec)
     cmd = engine.command(spec)
     return {**cmd.to_dict(), "shell": cmd.shell(), "port": "chosen by the agent at start"}
@@ -82,6 +87,7 @@ def prepare_workload(
         settings,
         port,
         host,
+        lora=workload.get("lora"),
     )
     engine.validate(spec)
 

@@ -27,7 +27,7 @@ from argosy.store.db import Store
 from argosy.store.events import note, transition
 from argosy.store.keys import create_key, revoke_node_keys
 from argosy.store.ledger import BILLABLE_STATES, accrue_replica
-from argosy.store.models import Deployment, Node, Replica
+from argosy.store.models import Deployment, Node, Replica, TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -459,6 +459,10 @@ class DeploymentReconciler:
             busy = s.scalar(
                 select(Replica.id)
                 .where(Replica.node_id == node.id, Replica.state.notin_(TERMINAL_STATES))
+                .limit(1)
+            ) or s.scalar(  # a fine-tuning job holds its node as a replica does
+                select(TrainJob.id)
+                .where(TrainJob.node_id == node.id, TrainJob.state.in_(("placing", "running", "saving")))
                 .limit(1)
             )
             if busy or node.provider in short:

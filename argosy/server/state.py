@@ -12,6 +12,7 @@ from argosy.providers.registry import get_provider
 from argosy.serve.reconciler import DeploymentReconciler
 from argosy.serve.routers import ProcessRouters, RouterManager
 from argosy.store.db import Store
+from argosy.train.reconciler import TrainReconciler, TrainWorkloads
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ class ServerState:
         self.deployments = DeploymentReconciler(
             self.store, self.clock, self.provider, self.routers, self.server_url
         )
+        self.train = TrainReconciler(self.store, self.clock, self.provider, self.server_url)
+        # Workload kinds besides replicas that ride on agent heartbeats (fleet/nodes.heartbeat).
+        self.workload_sources: list[Any] = [TrainWorkloads()]
 
     def provider(self, name: str) -> Any:
         """Providers are created once per server so stateful ones (fake) keep their state."""

@@ -118,6 +118,77 @@ class LedgerEntry(Base):
     cost_usd: Mapped[float] = mapped_column(Float)
 
 
+class TrainJob(Base):
+    """A fine-tuning run: desired state for the train reconciler (queued -> ... -> succeeded)."""
+
+    __tablename__ = "train_jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))  # what the result is registered (and deployed) as
+    base_model: Mapped[str] = mapped_column(Text)
+    dataset: Mapped[str] = mapped_column(String(80))  # the stored dataset's digest
+    method: Mapped[str] = mapped_column(String(20))
+    # queued -> placing -> running -> saving -> succeeded | failed | cancelled
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    provider: Mapped[str | None] = mapped_column(String(40), nullable=True)  # asked for; None = placement
+    gpu: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    share_node: Mapped[bool] = mapped_column(default=False)  # may run beside other jobs on one GPU/node
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the TrainSpec (to_dict)
+    offering: Mapped[dict[str, Any]] = mapped_column(default=dict)  # chosen at submit
+    memory_gb: Mapped[float] = mapped_column(Float, default=0.0)  # training memory estimate
+    node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.id"), nullable=True)
+    price_per_hour: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # runner starts on the current placement
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    workload: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the agent's last report
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # last step/eval/checkpoint/done/error
+    progress_offset: Mapped[int] = mapped_column(Integer, default=0)  # bytes of progress.jsonl ingested
+    rerun_of: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    state_changed_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    billed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class TrainMetric(Base):
+    """One training step's figures (an eval at that step fills eval_loss); upserted, so a resumed
+    run that repeats steps since its last checkpoint overwrites them instead of doubling them."""
+
+    __tablename__ = "train_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("train_jobs.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[float] = mapped_column(Float)
+    epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    grad_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    energy_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    co2_kg: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_train_metrics_job_step", "job_id", "step", unique=True),)
+
+
+class RegisteredModel(Base):
+    """A fine-tune's output that `argosy deploy` accepts by name or by job id."""
+
+    __tablename__ = "registered_models"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("train_jobs.id"), index=True)
+    base_model: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(20))  # adapter | merged
+    created_at: Mapped[float] = mapped_column(Float)
+
+
 class SandboxRun(Base):
     """One sandbox execution (one-shot or in a session), recorded by the server that brokered it."""
 

@@ -223,6 +223,7 @@ class Run:
                 problem = backend.unavailable_reason(self.spec)
                 if problem:
                     raise ArgosyError(problem[0], fix=problem[1])
+                backend.check(self.spec)  # before the tracker and torch: bad input fails in a second
                 checkpoints = list_checkpoints(self.out / "checkpoints")
                 state = self._resume_state(checkpoints)
                 meter = CarbonMeter(self.spec, self.out, carried=state.get("carbon"))

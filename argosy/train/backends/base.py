@@ -61,6 +61,11 @@ class Backend(Protocol):
         """(what is missing, fix) when this backend cannot run `spec` on this machine, else None."""
         ...
 
+    def check(self, spec: TrainSpec) -> None:
+        """Cheap checks of the inputs (base model dir, dataset rows) before anything heavy is loaded;
+        raise BadInputError or DatasetError naming what is wrong."""
+        ...
+
     def prepare(self, spec: TrainSpec) -> Session:
         """Load and check the base model and dataset; raise BadInputError (or DatasetError) when unusable."""
         ...

@@ -392,5 +392,9 @@ class HfBackend:
             )
         return None
 
+    def check(self, spec: TrainSpec) -> None:
+        check_base_model(spec.base_model)
+        read_examples(Path(spec.dataset))
+
     def prepare(self, spec: TrainSpec) -> HfSession:
         return HfSession(spec)

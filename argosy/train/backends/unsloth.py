@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from argosy.train.backends.hf import HfSession, missing_packages
+from argosy.train.backends.hf import HfBackend, HfSession, missing_packages
 from argosy.train.spec import TrainSpec
 
 UNSLOTH_FIX = "run it on an NVIDIA GPU node with `pip install unsloth`, or use backend 'hf'"
@@ -74,6 +74,9 @@ class UnslothBackend:
                 UNSLOTH_FIX,
             )
         return None
+
+    def check(self, spec: TrainSpec) -> None:
+        HfBackend().check(spec)
 
     def prepare(self, spec: TrainSpec) -> UnslothSession:
         return UnslothSession(spec)

@@ -227,12 +227,43 @@ def register(app: typer.Typer) -> None:
 
     @sandbox.command("ls")
     def ls(
-        local: bool = typer.Option(False, "--local"), output: str = typer.Option("table", "--output", "-o")
+        local: bool = typer.Option(False, "--local"),
+        runs: bool = typer.Option(False, "--runs", help="Recent runs (from the server's store) instead."),
+        limit: int = typer.Option(50, "--limit", help="With --runs: how many, newest first."),
+        node: str | None = typer.Option(None, "--node", help="With --runs: only this node's."),
+        output: str = typer.Option("table", "--output", "-o"),
     ) -> None:
-        """List sessions."""
+        """List sessions, or with --runs the runs the server brokered (node, limits, outcome, cost)."""
         check_format(output)
         import time
 
+        if runs:
+            runner = _runner(local)
+            if not hasattr(runner, "list_runs"):
+                raise ArgosyError(
+                    "run history is kept by the Argosy server, and none is configured or running",
+                    fix="start one (`argosy server start`) and run sandboxes through it",
+                )
+            items = runner.list_runs(limit, node)
+            if output == "json":
+                emit_json(items)
+                return
+            rows = [
+                [
+                    r["id"],
+                    r["node"] or "server",
+                    r["language"],
+                    r["status"],
+                    r["exit_code"] if r["exit_code"] is not None else f"sig {r['signal']}",
+                    f"{r['duration_ms']:.0f}",
+                    f"{(r['limits'] or {}).get('cpu_count', '-')}",
+                    f"{(r['limits'] or {}).get('memory_mb', '-')}",
+                    f"{r['cost_usd']:.6f}",
+                ]
+                for r in items
+            ]
+            table(None, ["run", "node", "language", "status", "exit", "ms", "cpus", "MB", "cost $"], rows)
+            return
         infos = _runner(local).list_sessions()
         if output == "json":
             emit_json([i.model_dump() for i in infos])
@@ -260,6 +291,21 @@ def register(app: typer.Typer) -> None:
         if output == "json":
             emit_json(report)
             return
+        if local:
+            console.print(
+                "this machine's sandbox support; `argosy sandbox doctor --server` says where the server runs them"
+            )
+        if "runs_on" in report:  # the server's answer: where its sandboxes run
+            Console().print(f"[bold]sandboxes run[/] {report['runs_on']}", highlight=False)
+            for nid, n in (report.get("nodes") or {}).items():
+                a = n.get("agent", {})
+                state = "[red]down[/]" if a.get("down") or "error" in n else "[green]up[/]"
+                Console().print(
+                    f"  node {nid} {a.get('url', '')}: {state}, {a.get('inflight', 0)} in flight, "
+                    f"{a.get('max_concurrent', '?')} slots + {a.get('max_queue', '?')} queue"
+                    + (f" ({n['error']})" if "error" in n else ""),
+                    highlight=False,
+                )
         for name, b in report["backends"].items():
             mark = "[green]available[/]" if b["available"] else f"[red]unavailable[/]: {b['reason']}"
             Console().print(

@@ -69,5 +69,11 @@ class RemoteRunner:
     def delete_session(self, session_id: str) -> None:
         self.client.request("DELETE", f"/sandboxes/{quote(session_id)}")
 
+    def list_runs(self, limit: int = 50, node: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if node:
+            params["node"] = node
+        return list(self.client.request("GET", "/sandbox/runs", params=params))
+
     def doctor(self) -> dict[str, Any]:
         return dict(self.client.request("GET", "/sandbox/doctor"))

@@ -43,6 +43,16 @@ def _wait(pred: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def run_cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "argosy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
+
+
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     f = log.open("wb")
     return subprocess.Popen(
@@ -173,6 +183,16 @@ def test_runs_go_through_the_sandbox_agent(cluster: dict[str, Any]) -> None:
     assert by_id[res["run_id"]]["node"] == node["id"]
     assert by_id[res["run_id"]]["limits"]["cpu_count"] > 0
     assert sum(1 for x in runs if x["node"] is None) == 1  # the one before the agent came
+
+    # The CLI, as a user runs it against this server.
+    env = {"ARGOSY_HOME": str(cluster["tmp"] / "server")}
+    out = run_cli("sandbox", "ls", "--runs", "-o", "json", env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert res["run_id"] in [x["id"] for x in json.loads(out.stdout)]
+    out = run_cli("sandbox", "doctor", "--server", env=env, timeout=120)
+    assert out.returncode == 0 and node["id"] in out.stdout, out.stdout + out.stderr
+    out = run_cli("run", "-c", "print('via cli')", "-o", "json", env=env, timeout=60)
+    assert out.returncode == 0 and json.loads(out.stdout)["node"] == node["id"], out.stderr
 
     # Kill the agent in the middle of a run: the request ends with a clear error, no hang.
     started = threading.Event()

@@ -76,6 +76,15 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(server, name="server")
 
+    def _spot_notice(settings):  # type: ignore[no-untyped-def]
+        # The bootstrap writes ARGOSY_PROVIDER and, on spot machines, ARGOSY_PREEMPTIBLE=1 into the
+        # agent's environment: poll that provider's reclaim notice if it has one (SpotNotice).
+        if os.environ.get("ARGOSY_PREEMPTIBLE") != "1" or not os.environ.get("ARGOSY_PROVIDER"):
+            return None
+        from argosy.providers.preemption import spot_notice_poller
+
+        return spot_notice_poller(os.environ["ARGOSY_PROVIDER"], settings)
+
     @app.command("agent")
     def agent(
         server_url: str = typer.Option(..., "--server", help="The Argosy server's URL."),
@@ -128,6 +137,7 @@ def register(app: typer.Typer) -> None:
             host=address,
             roles=tuple(sorted(set(role))),
             services=service.services if service is not None else None,
+            spot_notice=_spot_notice(settings),
         )
         if service is not None:
             holder.append(a)

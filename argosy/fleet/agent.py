@@ -87,6 +87,8 @@ class Agent:
         host: str = "127.0.0.1",
         roles: tuple[str, ...] = (),
         services: Callable[[], dict[str, Any]] | None = None,
+        spot_notice: Callable[[], str | None] | None = None,
+        spot_poll_s: float = 5.0,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         # Roles beyond running workloads (e.g. "sandbox"), and what their services report in each
@@ -94,6 +96,11 @@ class Agent:
         # itself is started by the caller (the CLI); this layer only reports it.
         self.roles = roles
         self.services = services
+        # On a spot machine: the provider's reclaim-notice check (SpotNotice), polled every
+        # spot_poll_s in its own thread; the first notice rides on every heartbeat from then on.
+        self.spot_notice = spot_notice
+        self.spot_poll_s = spot_poll_s
+        self.preemption_notice: str | None = None
         self.settings = settings
         self.prepare = prepare
         self.name = name
@@ -140,6 +147,8 @@ class Agent:
             report["roles"] = list(self.roles)
         if self.services is not None:
             report["services"] = self.services()
+        if self.preemption_notice:
+            report["preemption_notice"] = self.preemption_notice
         answer = self._post(f"/agents/{self.node_id}/heartbeat", report)
         self.finished = {}
         return answer
@@ -247,10 +256,26 @@ class Agent:
         for wid in list(self.workloads):
             self._stop(self.workloads.pop(wid))
 
+    # -- spot reclaim notice ------------------------------------------------------------------------
+    def poll_spot_notice(self) -> str | None:
+        """Check the metadata notice once; the first one seen is kept (a notice is never withdrawn)."""
+        if self.spot_notice is not None and self.preemption_notice is None:
+            notice = self.spot_notice()
+            if notice:
+                log.warning("spot reclaim notice: %s", notice)
+                self.preemption_notice = notice
+        return self.preemption_notice
+
+    def _watch_spot(self) -> None:
+        while not self.stop_event.is_set() and self.poll_spot_notice() is None:
+            self.stop_event.wait(self.spot_poll_s)
+
     # -- main loop -------------------------------------------------------------------------------
     def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
+        if self.spot_notice is not None:
+            threading.Thread(target=self._watch_spot, name="spot-notice", daemon=True).start()
         backoff = 0.5
         try:
             while not self.stop_event.is_set():

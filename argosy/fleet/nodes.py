@@ -91,6 +91,11 @@ def heartbeat(
     node.metrics = report.get("metrics", {})
     if node.status == "unhealthy":
         transition(session, node, "ready", "heartbeats resumed", now)
+    notice = report.get("preemption_notice")
+    if notice and node.status not in ("preempted", "terminated", "failed"):
+        # The machine was told it will be reclaimed (AWS ~2 min, GCP ~30 s ahead): mark it now so the
+        # deployment reconciler replaces its replicas while the VM still runs.
+        transition(session, node, "preempted", f"agent: {str(notice)[:300]}", now)
     for wid, state in (report.get("workloads") or {}).items():
         replica = session.get(Replica, wid)
         if replica is None or replica.node_id != node.id:

@@ -189,6 +189,12 @@ class AwsProvider:
         )
 
     # -- Preflight -----------------------------------------------------------------------------
+    # -- SpotNotice (runs on the node itself) -------------------------------------------------------
+    def spot_notice(self) -> str | None:
+        from argosy.providers.preemption import AWS_IMDS, METADATA_URL_ENV, aws_spot_notice
+
+        return aws_spot_notice(self._env.get(METADATA_URL_ENV) or AWS_IMDS)
+
     def preflight(self) -> list[CheckResult]:
         try:
             import boto3  # noqa: F401

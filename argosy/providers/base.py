@@ -145,6 +145,17 @@ class PriceListing(Protocol):
 
 
 @runtime_checkable
+class SpotNotice(Protocol):
+    """A spot machine's advance notice of its own reclaim, read on the node (instance metadata)."""
+
+    name: str
+
+    def spot_notice(self) -> str | None:
+        """A reason if this machine was told it will be reclaimed, else None; never raises."""
+        ...
+
+
+@runtime_checkable
 class Preflight(Protocol):
     name: str
 

@@ -212,6 +212,12 @@ class GcpProvider:
         )
 
     # -- Preflight -----------------------------------------------------------------------------
+    # -- SpotNotice (runs on the node itself) -------------------------------------------------------
+    def spot_notice(self) -> str | None:
+        from argosy.providers.preemption import GCP_METADATA, METADATA_URL_ENV, gcp_preemption_notice
+
+        return gcp_preemption_notice(self._env.get(METADATA_URL_ENV) or GCP_METADATA)
+
     def preflight(self) -> list[CheckResult]:
         try:
             import google.cloud.compute_v1  # noqa: F401

@@ -5,9 +5,10 @@ weights + gradients + optimizer state + activations (+ the fixed per-GPU overhea
   fp32 master 4 + Adam m and v 8), the ZeRO paper's accounting (Rajbhandari et al., 2020, sec. 3.1);
 - lora: frozen weights at their checkpoint dtype + 16 bytes per adapter parameter;
 - qlora: 4-bit weights (~4.25 bits with scales, as sizing counts AWQ/GPTQ) + 16 bytes per adapter parameter;
-- activations without gradient checkpointing, per layer s*b*h*(34 + 5*a*s/h) bytes at 16-bit
-  (Korthikanti et al., 2022, "Reducing Activation Recomputation", eq. 1), plus fp32 logits and their
-  gradient (b*s*vocab*8 bytes), which dominate for small models with large vocabularies.
+- activations without gradient checkpointing, per layer 34*s*b*h bytes at 16-bit (Korthikanti et al.,
+  2022, "Reducing Activation Recomputation", eq. 1, less its 5*a*s^2*b attention-score term: fused
+  attention, transformers' default SDPA or FlashAttention, never stores the s x s scores), plus fp32
+  logits and their gradient (b*s*vocab*8 bytes), which dominate for small models with large vocabularies.
 An estimate, deliberately on the high side: allocator fragmentation is not modelled.
 """
 
@@ -67,7 +68,6 @@ def train_memory_gb(
     else:
         weight_bytes = WEIGHT_BYTES["gptq"] if method == "qlora" else WEIGHT_BYTES.get(spec.native_dtype, 2.0)
         state = params * weight_bytes + lora_params(spec, lora_r) * ADAPTER_BYTES_PER_PARAM
-    s, b, h, a = seq_len, batch, spec.hidden, spec.heads
-    activations = spec.layers * s * b * h * (34 + 5 * a * s / h)
-    logits = b * s * vocab * 8
+    activations = spec.layers * seq_len * batch * spec.hidden * 34
+    logits = batch * seq_len * vocab * 8
     return (state + activations + logits) / GB + FIXED_OVERHEAD_GB

@@ -89,26 +89,3 @@ def test_scripts_parse_in_bash(name, tmp_path):
 def test_unsafe_values_are_refused(field, value):
     with pytest.raises(ValueError):
         render_cloud_init(BootstrapSpec(**{**SPEC.__dict__, field: value}))
-
-
-def test_preemption_notice_aws_imdsv2_and_gcp():
-    from argosy.providers.preemption import preemption_notice
-
-    from .fakehttp import FakeApi, Reply
-
-    with FakeApi() as fake:
-        fake.route("PUT", "/latest/api/token", Reply(200, "tok"))
-        fake.route("GET", "/latest/meta-data/spot/instance-action", Reply(404, None))
-        assert preemption_notice("aws", base_url=fake.url) is None
-        fake.route(
-            "GET",
-            "/latest/meta-data/spot/instance-action",
-            Reply(200, {"action": "terminate", "time": "2026-11-22T14:00:00Z"}),
-        )
-        assert "terminate at 2026-11-22T14:00:00Z" in preemption_notice("aws", base_url=fake.url)
-        token_calls = [c for c in fake.calls if c.path.endswith("instance-action")]
-        assert all(c.headers.get("X-aws-ec2-metadata-token") == "tok" for c in token_calls)
-        fake.route("GET", "/computeMetadata/v1/instance/preempted", Reply(200, "TRUE"))
-        assert "gcp" in preemption_notice("gcp", base_url=fake.url)
-        assert preemption_notice("runpod", base_url=fake.url) is None
-    assert preemption_notice("gcp", base_url="http://127.0.0.1:9", timeout_s=0.2) is None  # nothing listening

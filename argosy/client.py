@@ -81,6 +81,17 @@ class ArgosyClient:
             params["name"] = name
         return list(self.request("GET", "/providers", params=params))
 
+    def stream_lines(self, method: str, path: str, **kw: Any) -> Iterator[str]:
+        """A streamed response's lines as they arrive (SSE, logs); errors as for `request`."""
+        try:
+            with self._http.stream(method, f"/api/v1{path}", timeout=None, **kw) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._raise(r)
+                yield from r.iter_lines()
+        except httpx.TransportError as exc:
+            raise ServerUnreachableError(f"lost the connection to {self.url}: {exc}") from exc
+
     def logs(self, name: str, follow: bool = False, tail: int = 100) -> Iterator[str]:
         try:
             with self._http.stream(

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "argosy.cli.router_cmd",  # router
     "argosy.cli.catalog_cmd",  # gpus, plan, catalog
     "argosy.cli.sandbox_cmd",  # run, sandbox
+    "argosy.cli.train_cmd",  # dataset, train
 ]
 
 

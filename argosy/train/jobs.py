@@ -318,9 +318,7 @@ def choose_offering(
             "or allow a provider/GPU with more memory (`argosy gpus`)",
         )
     try:
-        placement = place(
-            PlacementRequest(min_vram_gb=None, allow_cpu=True, providers=tuple(usable)), fitting, "cost"
-        )
+        placement = place(PlacementRequest(allow_cpu=True), fitting, "cost")
     except NoPlacementError as exc:
         raise ArgosyError(f"no offering can run this job: {exc.message}", fix=exc.fix) from exc
     return placement.choice.offering, placement.explanation
@@ -649,6 +647,7 @@ def describe(s: Session, job: TrainJob) -> dict[str, Any]:
             "device": (prog.get("start") or {}).get("device"),
         },
         "error": prog.get("error"),
+        "placement": prog.get("placement"),
         "model": None if m is None else {"name": m.name, "kind": m.kind, "path": m.path},
         "rerun_of": job.rerun_of,
         "created_at": job.created_at,

@@ -14,6 +14,25 @@ from argosy.providers.runpod_serverless import WORKER_IMAGE, RunpodServerlessPro
 from .fakeapi import Req
 
 KEY = "rp_test_key_0123456789"
+ENDPOINT_FIELDS = {
+    "allowedCudaVersions",
+    "computeType",
+    "cpuFlavorIds",
+    "dataCenterIds",
+    "executionTimeoutMs",
+    "flashboot",
+    "gpuCount",
+    "gpuTypeIds",
+    "idleTimeout",
+    "name",
+    "networkVolumeId",
+    "scalerType",
+    "scalerValue",
+    "templateId",
+    "vcpuCount",
+    "workersMax",
+    "workersMin",
+}
 KNOWN_GPUS = {"NVIDIA L4", "NVIDIA A100 80GB PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 4090"}
 
 
@@ -45,6 +64,8 @@ class RunpodFake:
             return 200, self.templates[tid]
         if (req.method, kind, ident) == ("POST", "endpoints", None):
             b = req.body
+            # EndpointCreateInput (docs.runpod.io/api-reference/endpoints/POST/endpoints): nothing else.
+            assert set(b) <= ENDPOINT_FIELDS, set(b) - ENDPOINT_FIELDS
             assert b["templateId"] in self.templates, "endpoint must reference a created template"
             assert set(b["gpuTypeIds"]) <= KNOWN_GPUS, b["gpuTypeIds"]
             assert 0 <= b["workersMin"] <= b["workersMax"], b

@@ -12,6 +12,7 @@ import email.utils
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -190,3 +191,35 @@ class JsonApi:
             return resp.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
+
+
+class BearerApiClient:
+    """Construction shared by the one-API-key REST clients (Lambda, RunPod, Vast.ai): a JsonApi with
+    the key as a bearer token (and redacted from errors); subclasses set the three class attributes."""
+
+    PROVIDER: str
+    DEFAULT_URL: str
+    EXTRA_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+    @staticmethod
+    def classify(status: int, body: Any, text: str) -> ProviderError | None:
+        return None
+
+    def __init__(
+        self,
+        api_key: str,
+        clock: Clock,
+        base_url: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._api = JsonApi(
+            self.PROVIDER,
+            base_url or self.DEFAULT_URL,
+            headers={"Authorization": f"Bearer {api_key}", **self.EXTRA_HEADERS},
+            clock=clock,
+            classify=self.classify,
+            secrets=(api_key,),
+            transport=transport,
+            retry=retry,
+        )

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
-from argosy.core.clock import Clock
 from argosy.core.errors import CapacityError, NotFoundError, ProviderAuthError, ProviderError, QuotaError
-from argosy.providers.clients.http import JsonApi, RetryPolicy
+from argosy.providers.clients.http import BearerApiClient
 
 DEFAULT_BASE_URL = "https://cloud.lambda.ai/api/v1"
 KEYS_URL = "https://cloud.lambda.ai/api-keys/cloud-api"
@@ -39,25 +36,10 @@ def classify(status: int, body: Any, text: str) -> ProviderError | None:
     return ProviderError(msg, fix=suggestion, provider="lambda")
 
 
-class LambdaClient:
-    def __init__(
-        self,
-        api_key: str,
-        clock: Clock,
-        base_url: str = DEFAULT_BASE_URL,
-        transport: httpx.BaseTransport | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self._api = JsonApi(
-            "lambda",
-            base_url,
-            headers={"Authorization": f"Bearer {api_key}"},
-            clock=clock,
-            classify=classify,
-            secrets=(api_key,),
-            transport=transport,
-            retry=retry,
-        )
+class LambdaClient(BearerApiClient):
+    PROVIDER = "lambda"
+    DEFAULT_URL = DEFAULT_BASE_URL
+    classify = staticmethod(classify)
 
     def instance_types(self) -> dict[str, Any]:
         return self._api.request("GET", "/instance-types")["data"]

@@ -10,13 +10,11 @@ GraphQL answers errors with HTTP 200 and an `errors` list; `check_errors` types 
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
-import httpx
-
-from argosy.core.clock import Clock
 from argosy.core.errors import CapacityError, ProviderAuthError, ProviderError, QuotaError
-from argosy.providers.clients.http import JsonApi, RetryPolicy
+from argosy.providers.clients.http import BearerApiClient
 
 DEFAULT_URL = "https://api.runpod.io"  # GraphQL lives at /graphql
 KEYS_URL = "https://www.runpod.io/console/user/settings"
@@ -70,25 +68,11 @@ def classify(status: int, body: Any, text: str) -> ProviderError | None:
     return None
 
 
-class RunPodClient:
-    def __init__(
-        self,
-        api_key: str,
-        clock: Clock,
-        url: str = DEFAULT_URL,
-        transport: httpx.BaseTransport | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self._api = JsonApi(
-            "runpod",
-            url,
-            headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
-            clock=clock,
-            classify=classify,
-            secrets=(api_key,),
-            transport=transport,
-            retry=retry,
-        )
+class RunPodClient(BearerApiClient):
+    PROVIDER = "runpod"
+    DEFAULT_URL = DEFAULT_URL
+    EXTRA_HEADERS = MappingProxyType({"Content-Type": "application/json"})
+    classify = staticmethod(classify)
 
     def _gql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"query": query}

@@ -104,8 +104,8 @@ def test_upload_train_report_deploy_chat_destroy(env: dict[str, str], home: Path
         model="colours-tune", messages=[{"role": "user", "content": "Colour 1:"}], max_tokens=8
     )
     assert reply.choices[0].message.content is not None
-    logs = run_cli("logs", "colours-tune", env=env, timeout=60)
-    assert "lora" in logs.stdout.lower()  # llama-server loaded the adapter
+    logs = run_cli("logs", "colours-tune", "--tail", "5000", env=env, timeout=60)
+    assert "converting adapter output to GGUF: done" in logs.stdout  # served with --lora on the base
 
     pids = {
         dep["router"]["pid"],

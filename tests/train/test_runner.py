@@ -77,6 +77,9 @@ def write_spec(tmp: Path, tiny: Path, **over: Any) -> Path:
         "save_every": 1000,
         "val_fraction": 0.0,
         "max_seq_len": 64,
+        # One intra-op thread: on this shared 2-core machine two OpenMP threads spin against other
+        # processes and a step takes ~8x longer (measured); the tiny model gains nothing from two.
+        "extra": {"threads": 1},
         **over,
     }
     path = tmp / "spec.json"

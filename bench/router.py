@@ -1,8 +1,9 @@
 """Router benchmark: Argosy's router vs nginx and a plain aiohttp proxy, measured in one run.
 
-    python bench/router.py                 # full run (~3 minutes)
-    python bench/router.py --duration 3    # shorter phases
-    python bench/router.py --memory-requests 1000000
+    python bench/router.py                              # 3 interleaved rounds, medians (~6 minutes)
+    python bench/router.py --duration 3 --rounds 5      # shorter phases, more rounds
+    python bench/router.py --proxies nginx,argosy --memory-requests 1000000   # the 1e6-request memory check
+    python bench/router.py --baseline /tmp/old          # also an older checkout's router, same run
 
 It starts a static backend (nginx `return 200`), an SSE backend (uvloop, 256 events per response,
 one write per event), nginx as the reference proxy (keep-alive upstream, no buffering), a plain
@@ -261,24 +262,55 @@ def wrk(url: str, conns: int, duration: float, lua: Path, cpus: str) -> dict[str
     }
 
 
-def measure(name: str, port: int, pid: int | None, path: str, conns: int, duration: float, lua: Path,
+def measure(name: str, port: int, pid: int | None, conns: int, duration: float, lua: Path,
             cpus: str) -> dict[str, float]:  # fmt: skip
-    wrk(f"http://127.0.0.1:{port}{path}", conns, 1.0, lua, cpus)  # warm up pools and caches
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    wrk(url, conns, 1.0, lua, cpus)  # warm up pools and caches
     c0 = cpu_seconds(pid) if pid else 0.0
-    r = wrk(f"http://127.0.0.1:{port}{path}", conns, duration, lua, cpus)
+    r = wrk(url, conns, duration, lua, cpus)
     if pid:
-        r["cpu_us"] = (cpu_seconds(pid) - c0) / max(1, r["requests"]) * 1e6
-    print(f"  {name:<8} {path:<22} c={conns:<3} {r['rps']:>10.0f} req/s  p50 {r['p50'] * 1e6:>8.0f} us  "
+        r["cpu_s"] = cpu_seconds(pid) - c0
+        r["cpu_us"] = r["cpu_s"] / max(1, r["requests"]) * 1e6
+    print(f"  {name:<9} c={conns:<3} {r['rps']:>10.0f} req/s  p50 {r['p50'] * 1e6:>8.0f} us  "
           f"p99 {r['p99'] * 1e6:>8.0f} us" + (f"  cpu {r['cpu_us']:.0f} us/req" if pid else "")
           + (f"  NON-2XX {r['non2xx']}" if r["non2xx"] else ""), flush=True)  # fmt: skip
     return r
 
 
+def median(xs: list[float]) -> float:
+    xs = sorted(x for x in xs if x == x)  # wrk prints "-nan" for an empty histogram now and then
+    n = len(xs)
+    if not n:
+        return float("nan")
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def start_proxy(procs: Procs, name: str, port: int, upstream: str, tmp: Path, cpu: str,
+                baseline: Path | None) -> subprocess.Popen[bytes]:  # fmt: skip
+    if name == "nginx":
+        return procs.start([nginx_bin(), "-c", str(nginx_conf(tmp, port, None, upstream))], cpu)
+    if name == "aiohttp":
+        return procs.start([sys.executable, __file__, "_aiohttp-proxy", str(port), f"http://{upstream}"], cpu)
+    env = {**os.environ, "ARGOSY_LOG_LEVEL": "WARNING"}
+    if name == "baseline" and baseline is not None:
+        # An older checkout's package (e.g. `git archive REV argosy | tar -x -C DIR`), same run, same machine.
+        env["PYTHONPATH"] = str(baseline)
+    cmd = [sys.executable, "-m", "argosy", "router", "--policy", "least-outstanding",
+           "--listen", f"127.0.0.1:{port}", "--backend", f"http://{upstream}"]  # fmt: skip
+    return procs.start(cmd, cpu, env=env)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured phase")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measured phase")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    ap.add_argument("--proxies", default="nginx,aiohttp,argosy", help="comma-separated subset to run")
+    ap.add_argument("--baseline", type=Path, help="directory holding an older `argosy` package to compare")
     ap.add_argument(
-        "--memory-requests", type=int, default=200_000, help="requests for the memory-flatness phase"
+        "--memory-requests",
+        type=int,
+        default=200_000,
+        help="requests for the memory-flatness phase (0: skip)",
     )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -290,73 +322,70 @@ def main() -> None:
     lua.write_text(
         f'wrk.method = "POST"\nwrk.body = {json.dumps(REQUEST_BODY)}\nwrk.headers["Content-Type"] = "application/json"\n'
     )
+    names = [n for n in args.proxies.split(",") if n]
+    if args.baseline is not None:
+        names.append("baseline")
     procs = Procs(tmp)
-    results: dict[str, Any] = {"cpus": ncpu, "chunks_per_response": CHUNKS}
+    load0 = os.getloadavg()
+    results: dict[str, Any] = {"cpus": ncpu, "chunks_per_response": CHUNKS, "rounds": args.rounds,
+                               "duration_s": args.duration, "load_before": load0}  # fmt: skip
     try:
-        static_port, sse_port = free_port(), free_port()
+        static_port, sse_port, ssei_port = free_port(), free_port(), free_port()
         procs.start(
             [nginx_bin(), "-c", str(nginx_conf(tmp, static_port, COMPLETION.replace("'", ""), None))],
             load_cpus,
         )
         procs.start([sys.executable, __file__, "_sse-backend", str(sse_port)], load_cpus)
-        wait_port(static_port)
-        wait_port(sse_port)
-        static, sse = f"127.0.0.1:{static_port}", f"127.0.0.1:{sse_port}"
-
-        print(
-            f"machine: {ncpu} CPUs; proxies pinned to CPU {proxy_cpu}, wrk and backends to {load_cpus}\n",
-            flush=True,
-        )
-        print("direct (no proxy):")
-        results["direct_c1"] = measure(
-            "direct", static_port, None, "/v1/chat/completions", 1, args.duration, lua, load_cpus
-        )
-
-        proxies: dict[str, tuple[list[str], list[str]]] = {}
-        for name in ("nginx", "aiohttp", "argosy"):
-            proxies[name] = ([], [])
-        for name in proxies:
-            print(f"\n{name}:", flush=True)
-            p_static, p_sse = free_port(), free_port()
-            if name == "nginx":
-                a = procs.start([nginx_bin(), "-c", str(nginx_conf(tmp, p_static, None, static))], proxy_cpu)
-                b = procs.start([nginx_bin(), "-c", str(nginx_conf(tmp, p_sse, None, sse))], proxy_cpu)
-            elif name == "aiohttp":
-                a = procs.start(
-                    [sys.executable, __file__, "_aiohttp-proxy", str(p_static), f"http://{static}"], proxy_cpu
-                )
-                b = procs.start(
-                    [sys.executable, __file__, "_aiohttp-proxy", str(p_sse), f"http://{sse}"], proxy_cpu
-                )
-            else:
-                base = [sys.executable, "-m", "argosy", "router", "--policy", "least-outstanding"]
-                env = {**os.environ, "ARGOSY_LOG_LEVEL": "WARNING"}
-                a = procs.start(
-                    [*base, "--listen", f"127.0.0.1:{p_static}", "--backend", f"http://{static}"],
-                    proxy_cpu,
-                    env=env,
-                )
-                b = procs.start(
-                    [*base, "--listen", f"127.0.0.1:{p_sse}", "--backend", f"http://{sse}"],
-                    proxy_cpu,
-                    env=env,
-                )
-            wait_port(p_static)
-            wait_port(p_sse)
-            r: dict[str, Any] = {}
-            r["c1"] = measure(name, p_static, a.pid, "/v1/chat/completions", 1, args.duration, lua, load_cpus)
-            r["c64"] = measure(
-                name, p_static, a.pid, "/v1/chat/completions", 64, args.duration, lua, load_cpus
-            )
-            s = measure(name, p_sse, b.pid, "/v1/chat/completions", 16, args.duration, lua, load_cpus)
-            s["chunks_per_s"] = s["rps"] * (CHUNKS + 1)
-            print(f"  {name:<8} SSE: {s['chunks_per_s']:,.0f} chunks/s relayed", flush=True)
-            r["sse"] = s
-            if name == "argosy" and args.memory_requests:
-                r["memory"] = memory_phase(p_static, a.pid, args.memory_requests, lua, load_cpus)
-            results[name] = r
-            procs.stop(a)
-            procs.stop(b)
+        procs.start([sys.executable, __file__, "_sse-backend", str(ssei_port), "interleave"], load_cpus)
+        for port in (static_port, sse_port, ssei_port):
+            wait_port(port)
+        upstreams = [f"127.0.0.1:{p}" for p in (static_port, sse_port, ssei_port)]
+        # Every proxy runs for the whole benchmark (idle ones cost nothing) so the rounds can interleave:
+        # on a shared machine the load drifts, and interleaving spreads the drift over every proxy.
+        running: dict[str, list[tuple[int, subprocess.Popen[bytes]]]] = {}
+        for name in names:
+            running[name] = []
+            for upstream in upstreams:
+                port = free_port()
+                proc = start_proxy(procs, name, port, upstream, tmp, proxy_cpu, args.baseline)
+                running[name].append((port, proc))
+        for instances in running.values():
+            for port, _ in instances:
+                wait_port(port)
+        print(f"machine: {ncpu} CPUs, load average {load0[0]:.2f}; proxies pinned to CPU {proxy_cpu}, wrk and "
+              f"backends to {load_cpus}; {args.rounds} rounds of {args.duration:g} s phases\n", flush=True)  # fmt: skip
+        raw: dict[str, dict[str, list[dict[str, float]]]] = {
+            n: {"c1": [], "c64": [], "sse": [], "ssei": []} for n in names
+        }
+        raw["direct"] = {"c1": []}
+        for rnd in range(args.rounds):
+            print(f"round {rnd + 1}/{args.rounds} (load {os.getloadavg()[0]:.2f}):", flush=True)
+            raw["direct"]["c1"].append(measure("direct", static_port, None, 1, args.duration, lua, load_cpus))
+            order = names[rnd % len(names) :] + names[: rnd % len(names)]
+            for name in order:
+                (p_static, a), (p_sse, b), (p_ssei, c) = running[name]
+                raw[name]["c1"].append(measure(name, p_static, a.pid, 1, args.duration, lua, load_cpus))
+                raw[name]["c64"].append(measure(name, p_static, a.pid, 64, args.duration, lua, load_cpus))
+                for phase, port, pid, conns in (("sse", p_sse, b.pid, 16), ("ssei", p_ssei, c.pid, 64)):
+                    s = measure(name, port, pid, conns, args.duration, lua, load_cpus)
+                    s["chunks_per_s"] = s["rps"] * (CHUNKS + 1)
+                    s["cpu_us_per_chunk"] = s["cpu_s"] / max(1.0, s["requests"] * (CHUNKS + 1)) * 1e6
+                    s["chunks_per_cpu_s"] = s["requests"] * (CHUNKS + 1) / max(1e-9, s["cpu_s"])
+                    kind = "bursts" if phase == "sse" else "interleaved"
+                    print(f"  {name:<9} SSE ({kind}): {s['chunks_per_s']:,.0f} chunks/s relayed, "
+                          f"{s['chunks_per_cpu_s']:,.0f} chunks per proxy CPU-second", flush=True)  # fmt: skip
+                    raw[name][phase].append(s)
+        results["raw"] = raw
+        med: dict[str, dict[str, dict[str, float]]] = {}
+        for name, phases in raw.items():
+            med[name] = {
+                ph: {k: median([r[k] for r in rs]) for k in rs[0]} for ph, rs in phases.items() if rs
+            }
+        results["median"] = med
+        if "argosy" in running and args.memory_requests:
+            port, proc = running["argosy"][0]
+            results["memory"] = memory_phase(port, proc.pid, args.memory_requests, lua, load_cpus)
+        results["load_after"] = os.getloadavg()
         report(results)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
@@ -365,55 +394,57 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def memory_phase(port: int, pid: int, n: int, lua: Path, cpus: str) -> dict[str, float]:
-    """RSS after a warm-up, then after `n` more requests: the router must not grow."""
-    wrk(f"http://127.0.0.1:{port}/v1/chat/completions", 64, 2.0, lua, cpus)
+def memory_phase(port: int, pid: int, n: int, lua: Path, cpus: str) -> dict[str, Any]:
+    """RSS after a warm-up, then sampled while `n` more requests go through: the router must not grow."""
+    print(f"\nmemory: {n:,} requests at 64 connections through argosy ...", flush=True)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    wrk(url, 64, 3.0, lua, cpus)
     before = rss_kb(pid)
     done = 0
     samples = [before]
+    t0 = time.monotonic()
     while done < n:
-        r = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", 64, 5.0, lua, cpus)
+        r = wrk(url, 64, 10.0, lua, cpus)
         done += int(r["requests"])
         samples.append(rss_kb(pid))
-    after = rss_kb(pid)
+        print(f"  {done:>10,} requests  RSS {samples[-1] / 1024:.1f} MiB  ({time.monotonic() - t0:.0f} s)",
+              flush=True)  # fmt: skip
+    after = samples[-1]
     change = (after - before) / before * 100
-    print(
-        f"  memory: RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB over {done:,} requests ({change:+.1f}%)"
-    )
-    return {
-        "requests": done,
-        "rss_before_kb": before,
-        "rss_after_kb": after,
-        "change_pct": change,
-        "samples_kb": samples,
-    }
+    spread = (max(samples) - min(samples)) / before * 100
+    print(f"  memory: RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB over {done:,} requests "
+          f"({change:+.1f}%, max-min {spread:.1f}%)", flush=True)  # fmt: skip
+    return {"requests": done, "rss_before_kb": before, "rss_after_kb": after, "change_pct": change,
+            "spread_pct": spread, "samples_kb": samples}  # fmt: skip
 
 
 def report(res: dict[str, Any]) -> None:
-    a, n, h = res["argosy"], res["nginx"], res["aiohttp"]
-    direct = res["direct_c1"]
-    print("\nsummary (ratios: argosy / reference, same run):")
+    med = res["median"]
+    direct = med["direct"]["c1"]
+    lb, la = res["load_before"][0], res["load_after"][0]
+    print(f"\nsummary: medians of {res['rounds']} interleaved rounds; load average {lb:.2f} -> {la:.2f}")
 
     def ratio(x: float, y: float) -> str:
-        return f"{x / y:.2f}x" if y else "n/a (reference failed)"
+        return f"{x / y:.2f}x" if y else "n/a"
 
-    print(
-        f"  throughput c=64: argosy {a['c64']['rps']:,.0f} req/s = {ratio(a['c64']['rps'], n['c64']['rps'])} nginx, "
-        f"{ratio(a['c64']['rps'], h['c64']['rps'])} aiohttp   (aiohttp = {ratio(h['c64']['rps'], n['c64']['rps'])} nginx)"
-    )
-    print(
-        f"  added p50 at c=1 over direct: argosy {(a['c1']['p50'] - direct['p50']) * 1e6:.0f} us, "
-        f"nginx {(n['c1']['p50'] - direct['p50']) * 1e6:.0f} us, aiohttp {(h['c1']['p50'] - direct['p50']) * 1e6:.0f} us"
-    )
-    print(
-        f"  CPU per request (c=64): argosy {a['c64']['cpu_us']:.0f} us, nginx {n['c64']['cpu_us']:.0f} us, "
-        f"aiohttp {h['c64']['cpu_us']:.0f} us"
-    )
-    print(f"  SSE chunks/s: argosy {a['sse']['chunks_per_s']:,.0f} = {ratio(a['sse']['chunks_per_s'], n['sse']['chunks_per_s'])} "
-          f"nginx, {ratio(a['sse']['chunks_per_s'], h['sse']['chunks_per_s'])} aiohttp")  # fmt: skip
-    if "memory" in a:
-        m = a["memory"]
-        print(f"  memory over {m['requests']:,} requests: {m['change_pct']:+.1f}% RSS")
+    ref = med.get("nginx")
+    print(f"  {'proxy':<9} {'c64 req/s':>10} {'x nginx':>8} {'c1 p50':>8} {'added':>8} {'cpu/req':>8} "
+          f"{'| SSE bursts chunks/s':>21} {'chunks/CPU-s':>13} {'| interleaved chunks/s':>22} "
+          f"{'chunks/CPU-s':>13}")  # fmt: skip
+    for name, m in med.items():
+        if name == "direct":
+            continue
+        c1, c64, s, si = m["c1"], m["c64"], m["sse"], m["ssei"]
+        print(f"  {name:<9} {c64['rps']:>10,.0f} {ratio(c64['rps'], ref['c64']['rps']) if ref else '':>8} "
+              f"{c1['p50'] * 1e6:>6.0f}us {(c1['p50'] - direct['p50']) * 1e6:>6.0f}us {c64['cpu_us']:>6.0f}us "
+              f"{s['chunks_per_s']:>21,.0f} {s['chunks_per_cpu_s']:>13,.0f} {si['chunks_per_s']:>22,.0f} "
+              f"{si['chunks_per_cpu_s']:>13,.0f}")  # fmt: skip
+    print(f"  direct c=1 p50: {direct['p50'] * 1e6:.0f} us")
+    if "memory" in res:
+        m = res["memory"]
+        print(
+            f"  memory over {m['requests']:,} requests: {m['change_pct']:+.1f}% RSS (max-min {m['spread_pct']:.1f}%)"
+        )
 
 
 if __name__ == "__main__":

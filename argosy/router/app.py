@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import hmac
 import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,9 +41,29 @@ _DROP_DOWN = frozenset(
 )
 _JSON = [(b"content-type", b"application/json")]
 _USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+_USAGE_OBJ = re.compile(rb'"usage"\s*:\s*\{')  # a usage object, not the `"usage": null` of other chunks
 _BAD_PATH = re.compile(r"(\.\.|//|\\|%2e|%2f|%5c|%00|@|[^\x21-\x7e])", re.IGNORECASE)
+_STREAM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _BUFFER_LIMIT = 1024 * 1024  # non-stream bodies up to this are read whole, so a mid-body failure can retry
+
+
+def _with_usage(body: bytes, parsed: dict[str, Any]) -> tuple[bytes, bool]:
+    """A streaming request's body asking the upstream for usage, and whether the client did not ask
+    (then the router strips the usage chunk from what it relays). `parsed` is updated to match, so a
+    failover continuation asks too."""
+    had = "stream_options" in parsed
+    so = parsed.get("stream_options")
+    if had and so is not None and not isinstance(so, dict):
+        return body, False  # malformed: passed as sent, the upstream's validation answers it
+    if isinstance(so, dict) and so.get("include_usage") is True:
+        return body, False  # the client asked itself: relay its usage chunk
+    parsed["stream_options"] = {**(so or {}), "include_usage": True}
+    stripped = body.rstrip()
+    if not had and stripped.endswith(b"}"):
+        # Append the key to the client's own bytes rather than re-serialising its whole body.
+        return stripped[:-1] + b',"stream_options":{"include_usage":true}}', True
+    return json.dumps(parsed, separators=(",", ":")).encode(), True
 
 
 def _error(message: str, type_: str, code: str) -> bytes:
@@ -60,12 +82,116 @@ class _Failed(Exception):
         self.headers = [*_JSON, *headers]
 
 
+class _Relay:
+    """Feeds one upstream SSE stream to the client from the upstream protocol's callback.
+
+    Called once per socket read with everything that read delivered, so a burst of events costs one
+    client write, and no task wakes per chunk. It forwards whole events only (a break never leaves
+    half an event with the client), keeps what it sent for failover, rewrites a continuation's events,
+    strips the usage chunk the router asked for on the client's behalf, and pauses the upstream while
+    the client's socket is full.
+    """
+
+    __slots__ = ("resp", "up", "sent", "seen", "chat", "strip_usage", "headers", "obs", "pending", "chunks",
+                 "first", "last", "usage")  # fmt: skip
+
+    def __init__(self, resp: Response, up: UpstreamResponse, sent: bytearray, seen: sse.Seen | None,
+                 chat: bool, strip_usage: bool, headers: list[tuple[bytes, bytes]],
+                 obs: Any) -> None:  # fmt: skip
+        self.resp = resp
+        self.up = up
+        self.sent = sent
+        self.seen = seen
+        self.chat = chat
+        self.strip_usage = strip_usage
+        self.headers = headers
+        self.obs = obs
+        self.pending = b""
+        self.chunks = 0
+        self.first: float | None = None
+        self.last = 0.0
+        self.usage: list[bytes] = []  # usage payloads seen (stripped or not), for accounting
+
+    def feed(self, data: bytes) -> None:
+        resp = self.resp
+        if resp.client_gone:
+            self.up.close()  # nobody to relay to: stop the backend generating
+            return
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+        else:
+            self.obs("argosy_router_chunk_gap_seconds", (), now - self.last)
+        self.last = now
+        buf = self.pending + data if self.pending else data
+        cut = sse.event_cut(buf)
+        if not cut:
+            if len(buf) > _BUFFER_LIMIT:  # not SSE after all: relay rather than hold it without bound
+                self.pending = b""
+                self._emit(buf)
+            else:
+                self.pending = buf
+            return
+        if cut == len(buf):
+            self.pending = b""
+            self._emit(buf)
+        else:
+            self.pending = buf[cut:]
+            self._emit(buf[:cut])
+
+    def finish(self) -> None:
+        """The upstream ended: send a trailing event that lacked its blank line."""
+        tail, self.pending = self.pending, b""
+        if tail.strip():
+            self._emit(tail if tail.endswith(b"\n\n") else tail.rstrip(b"\r\n") + b"\n\n")
+        if not self.resp.started:
+            self.resp.start(200, self.headers, None)
+
+    def _emit(self, out: bytes) -> None:
+        if self.seen is not None:
+            out = sse.rewrite_events(out, self.seen, self.chat)
+        if b'"usage"' in out and _USAGE_OBJ.search(out):
+            out = self._take_usage(out)
+            if not out:
+                return
+        resp = self.resp
+        if not resp.started:
+            resp.start(200, self.headers, None)
+        self.chunks += out.count(b"data:")
+        self.sent += out
+        resp.write_nowait(out)
+        if resp.write_paused:
+            self.up.pause()
+            resp.on_resume(self.up.resume)
+
+    def _take_usage(self, out: bytes) -> bytes:
+        """Note every usage object; drop the usage-only chunk when the client did not ask for it."""
+        keep = []
+        for event in out.replace(b"\r\n", b"\n").split(b"\n\n"):
+            if not event.strip():
+                continue
+            if _USAGE_OBJ.search(event):
+                self.usage.append(event)
+                if self.strip_usage and sse.is_usage_only(event):
+                    continue
+            keep.append(event + b"\n\n")
+        return b"".join(keep)
+
+
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.policy = make_policy(config.policy, config.affinity_load_factor)
         self.table: tuple[Backend, ...] = build_table(config.backends)
         self.metrics = Metrics()
+        # Counters restart at zero with the process; the ledger records deltas per start id, so a
+        # restarted router is a new series rather than a counter that went backwards.
+        self.start_id = uuid.uuid4().hex
+        self.started_at = time.time()
+        self.usage_by_backend: dict[str, dict[str, int]] = {}
+        self._metrics_digests = [
+            hashlib.sha256(t.encode()).digest() for t in (config.metrics_token, config.admin_token) if t
+        ]
         loop_now = time.monotonic()
         self.keys = KeyRing(config.api_keys, loop_now)
         self._admin_digest = (
@@ -101,6 +227,9 @@ class Router:
             self._tasks.append(loop.create_task(self._fetch_table()))
         log.info("router listening on %s:%d with %d backends, policy %s", self.config.host, self.port,
                  len(self.table), self.policy.name)  # fmt: skip
+        if self.config.metrics_protected and not self._metrics_digests:
+            log.warning("/metrics needs a token on %s but none is set: set metrics_token (or metrics_auth: "
+                        "off on a trusted network)", self.config.listen)  # fmt: skip
         return self.port
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -123,6 +252,11 @@ class Router:
         elif path == "/health":
             resp.send(200, b'{"status":"ok"}')
         elif path == "/metrics":
+            if self.config.metrics_protected and not self._metrics_allowed(req):
+                resp.send(401, _error("/metrics needs 'Authorization: Bearer <metrics or admin token>'; fix: "
+                                      "send metrics_token (or admin_token), or set metrics_auth: off",
+                                      "authentication_error", "invalid_metrics_token"))  # fmt: skip
+                return
             self._update_gauges()
             resp.send(200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")])
         elif path.startswith("/router/"):
@@ -131,6 +265,29 @@ class Router:
             resp.send(404, _error(f"no route for {path}", "invalid_request_error", "not_found"))
 
     # ------------------------------------------------------------------ admin API
+    def _metrics_allowed(self, req: Request) -> bool:
+        auth = req.header(b"authorization") or b""
+        token = auth[7:] if auth[:7].lower() == b"bearer " else b""
+        got = hashlib.sha256(token).digest()
+        ok = False
+        for d in self._metrics_digests:  # every digest compared, in constant time
+            ok |= hmac.compare_digest(got, d)
+        return ok and bool(token)
+
+    def usage(self) -> dict[str, Any]:
+        """Token counters since this process started, per client key and per backend."""
+        total = {"prompt_tokens": 0, "completion_tokens": 0}
+        for u in self.usage_by_backend.values():
+            for k in total:
+                total[k] += u[k]
+        return {
+            "start_id": self.start_id,
+            "started_at": self.started_at,
+            "keys": {k.name: dict(k.usage) for k in self.keys.keys},
+            "backends": {name: dict(u) for name, u in self.usage_by_backend.items()},
+            "total": total,
+        }
+
     def _admin(self, req: Request, resp: Response) -> None:
         if self._admin_digest is None:
             resp.send(404, _error("the admin API is disabled", "invalid_request_error", "admin_disabled"))
@@ -160,7 +317,7 @@ class Router:
         elif req.path in ("/router/status", "/router/backends") and req.method == "GET":
             resp.send(200, json.dumps(self.status()).encode())
         elif req.path == "/router/usage" and req.method == "GET":
-            resp.send(200, json.dumps({"keys": {k.name: k.usage for k in self.keys.keys}}).encode())
+            resp.send(200, json.dumps(self.usage()).encode())
         else:
             resp.send(
                 404, _error(f"no admin route {req.method} {req.path}", "invalid_request_error", "not_found")
@@ -405,10 +562,19 @@ class Router:
     ) -> tuple[str, str]:
         ctx = RouteContext(req.path)
         parsed: dict[str, Any] | None = None
-        if self.policy.needs_body and req.method == "POST":
-            parsed = self._parse_body(req)
-            ctx.affinity_key = self._affinity_key(parsed)
         body = req.body
+        strip_usage = False
+        if req.method == "POST":
+            # Bodies are parsed only when the router needs them: a policy reads them, or the request
+            # may stream (failover continuations and usage injection need its fields). The byte sniff
+            # keeps the non-streaming hot path free of JSON parsing; everything else passes untouched.
+            stream_path = req.path in _STREAM_PATHS
+            if self.policy.needs_body or (stream_path and b'"stream"' in body):
+                parsed = self._parse_body(req)
+                if self.policy.needs_body:
+                    ctx.affinity_key = self._affinity_key(parsed)
+                if stream_path and parsed.get("stream") is True and self.config.request_usage:
+                    body, strip_usage = _with_usage(body, parsed)
         tried: set[Backend] = set()
         max_attempts = self.config.retries.max_attempts
         attempt = 0
@@ -448,7 +614,8 @@ class Router:
                         continue
                 ctype = up.header(b"content-type") or b""
                 if up.status == 200 and ctype.startswith(b"text/event-stream"):
-                    await self._relay_stream(req, resp, backend, up, key, started, t0, tried, parsed)
+                    await self._relay_stream(req, resp, backend, up, key, started, t0, tried, parsed,
+                                             strip_usage)  # fmt: skip
                 else:
                     await self._relay_plain(resp, backend, up, key, started, t0)
                 return backend.tier, backend.name
@@ -464,15 +631,23 @@ class Router:
         return False
 
     def _account(self, backend: Backend, key: ClientKey | None, data: bytes) -> None:
-        """Token usage from an upstream `usage` object: metrics, the key's rate limit and its ledger."""
-        if b'"usage"' not in data:
+        """Token usage from an upstream `usage` object: metrics, the key's rate limit and the ledger
+        counters per key and per backend that `/router/usage` reports."""
+        at = data.rfind(b'"usage"')
+        if at < 0:
             return
-        for name, n in _USAGE_RE.findall(data):
+        per_backend = self.usage_by_backend.get(backend.name)
+        if per_backend is None:
+            per_backend = self.usage_by_backend[backend.name] = {"prompt_tokens": 0, "completion_tokens": 0}
+        for name, n in _USAGE_RE.findall(data, at):
             tokens = int(n)
-            direction = "in" if name == b"prompt_tokens" else "out"
+            field = name.decode()
+            direction = "in" if field == "prompt_tokens" else "out"
             self.metrics.inc("argosy_router_tokens_total", (backend.name, direction), tokens)
+            per_backend[field] += tokens
             if key is not None:
-                key.usage[name.decode()] += tokens
+                key.usage[field] += tokens
+                self.metrics.inc("argosy_router_key_tokens_total", (key.name, direction), tokens)
                 if key.tokens is not None:
                     key.tokens.charge(time.monotonic(), tokens)
 
@@ -521,7 +696,7 @@ class Router:
 
     async def _relay_stream(self, req: Request, resp: Response, backend: Backend, up: UpstreamResponse,
                             key: ClientKey | None, started: float, t0: float, tried: set[Backend],
-                            parsed: dict[str, Any] | None) -> None:  # fmt: skip
+                            parsed: dict[str, Any] | None, strip_usage: bool) -> None:  # fmt: skip
         """Relay SSE event by event; if the upstream breaks before [DONE], continue on another backend."""
         sent = bytearray()  # every byte the client has been sent, for failover bookkeeping
         chat = req.path.endswith("/chat/completions")
@@ -530,9 +705,12 @@ class Router:
         held: list[tuple[Backend, UpstreamResponse]] = []  # continuation backends we must release
         try:
             while True:
-                error = await self._pump(resp, current, cur_up, sent, seen, chat, started, cur_t0)
+                usage: list[bytes] = []
+                error = await self._pump(resp, current, cur_up, sent, seen, chat, started, cur_t0, strip_usage,
+                                         usage)  # fmt: skip
+                if usage:
+                    self._account(current, key, usage[-1])
                 if error is None:
-                    self._account(current, key, bytes(sent[-4096:]))
                     resp.end()
                     return
                 # The stream broke. Work out what the client has seen and whether it can be continued.
@@ -615,52 +793,28 @@ class Router:
         resp.end()
 
     async def _pump(self, resp: Response, backend: Backend, up: UpstreamResponse, sent: bytearray,
-                    seen: sse.Seen | None, chat: bool, started: float, t0: float) -> str | None:  # fmt: skip
+                    seen: sse.Seen | None, chat: bool, started: float, t0: float, strip_usage: bool,
+                    usage: list[bytes]) -> str | None:  # fmt: skip
         """Relay whole events from `up` until its end. None when the stream ended with [DONE], else what
         went wrong. Events are cut at the last blank line so a break never leaves half an event sent."""
-        pending = b""
-        ttft = None
-        last = t0
-        chunks = 0
-        obs = self.metrics.observe
+        relay = _Relay(resp, up, sent, seen, chat, strip_usage, self._down_headers(up), self.metrics.observe)
         try:
-            while True:
-                data = await up.read()
-                if data is None:
-                    break
-                now = time.monotonic()
-                if ttft is None:
-                    ttft = now - t0
-                else:
-                    obs("argosy_router_chunk_gap_seconds", (), now - last)
-                last = now
-                buf = pending + data if pending else data
-                cut = sse.event_cut(buf)
-                if not cut:
-                    pending = buf
-                    continue
-                out, pending = buf[:cut], buf[cut:]
-                if seen is not None:
-                    out = sse.rewrite_events(out, seen, chat)
-                if not resp.started:
-                    resp.start(200, self._down_headers(up), None)
-                chunks += out.count(b"data:")
-                sent += out
-                await resp.write(out)
+            await up.stream(relay.feed)
         except UpstreamError as exc:
+            if resp.client_gone:
+                raise ClientGone() from exc
             return str(exc)
         finally:
-            self.metrics.inc("argosy_router_chunks_total", (), chunks)
-        if pending.strip():
-            out = pending if pending.endswith(b"\n\n") else pending.rstrip(b"\r\n") + b"\n\n"
-            if seen is not None:
-                out = sse.rewrite_events(out, seen, chat)
-            if not resp.started:
-                resp.start(200, self._down_headers(up), None)
-            sent += out
-            await resp.write(out)
+            self.metrics.inc("argosy_router_chunks_total", (), relay.chunks)
+            usage.extend(relay.usage)
+        if resp.client_gone:
+            raise ClientGone()
+        relay.finish()
+        usage.extend(relay.usage)
+        relay.usage.clear()
         if not sent.rstrip().endswith(b"[DONE]"):
             return "the stream ended before [DONE]"
+        ttft = relay.first - t0 if relay.first is not None else None
         self._finish(backend, 200, started, t0, ttft)
         return None
 
@@ -779,6 +933,11 @@ async def serve(config: RouterConfig, stop: asyncio.Event, ready: Any = None) ->
     """Run a router until `stop` is set, then shut down gracefully."""
     router = Router(config)
     await router.start()
+    # The start-up objects (config, imports) never die: freeze them out of the collector's scans, and
+    # collect the young generation less often. The hot path allocates a few short-lived objects per
+    # request, nearly all freed by reference counting, so frequent gen-0 passes were pure overhead.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     if ready is not None:
         ready(router)
     await stop.wait()

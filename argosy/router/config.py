@@ -7,6 +7,7 @@ Unknown keys are errors naming the key, the file and line, and the nearest valid
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -137,6 +138,17 @@ class RouterConfig(_Strict):
         None, description="POSTed a JSON wake-up event when requests wait for a backend."
     )
     access_log: bool = False
+    request_usage: bool = Field(
+        True,
+        description="Ask streaming upstreams for usage (stream_options.include_usage) so tokens are "
+        "counted; the extra usage chunk is stripped for clients that did not ask for it.",
+    )
+    metrics_auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Require a bearer token (metrics_token or admin_token) for /metrics; 'auto' is on "
+        "unless the router listens on a loopback address only.",
+    )
+    metrics_token: str | None = Field(None, description="A token that may read /metrics (and nothing else).")
     affinity_prefix_chars: int = Field(256, ge=1)
     affinity_load_factor: float = Field(1.25, ge=1.0)
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -152,6 +164,18 @@ class RouterConfig(_Strict):
             raise ValueError(f"'{v}' is not HOST:PORT like 127.0.0.1:8780")
         return v
 
+    @model_validator(mode="after")
+    def _metrics_auth_possible(self) -> RouterConfig:
+        if self.metrics_auth == "on" and not (self.metrics_token or self.admin_token):
+            raise ValueError("metrics_auth is 'on' but neither metrics_token nor admin_token is set")
+        return self
+
+    @property
+    def metrics_protected(self) -> bool:
+        if self.metrics_auth == "auto":
+            return not _is_loopback(self.host)
+        return self.metrics_auth == "on"
+
     @property
     def host(self) -> str:
         return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
@@ -159,6 +183,15 @@ class RouterConfig(_Strict):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name (or 0.0.0.0 / ::, which are not loopback): treat as reachable from outside
 
 
 def hash_key(key: str, salt: str | None = None) -> str:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import httptools
@@ -23,17 +23,21 @@ import httptools
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
-@dataclass
 class Request:
-    method: str
-    target: str  # the raw request-target: path plus query
-    headers: list[tuple[bytes, bytes]]  # names lower-cased, in arrival order
-    body: bytes
-    keep_alive: bool
-    client: str
-    path: str = ""
-    query: str = ""
-    extras: dict[str, object] = field(default_factory=dict)
+    """One parsed request. A plain slotted class: it is built once per request on the hot path."""
+
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "client", "path", "query")
+
+    def __init__(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
+                 keep_alive: bool, client: str, path: str = "", query: str = "") -> None:  # fmt: skip
+        self.method = method
+        self.target = target  # the raw request-target: path plus query
+        self.headers = headers  # names lower-cased, in arrival order
+        self.body = body
+        self.keep_alive = keep_alive
+        self.client = client
+        self.path = path
+        self.query = query
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -120,6 +124,14 @@ class Response:
     def client_gone(self) -> bool:
         return self._conn.closed
 
+    @property
+    def write_paused(self) -> bool:
+        """The client's socket buffer is full: stop feeding it until `on_resume` fires."""
+        return self._conn.write_paused
+
+    def on_resume(self, callback: Callable[[], None] | None) -> None:
+        self._conn.resume_hook = callback
+
 
 Handler = Callable[[Request, Response], Awaitable[None]]
 
@@ -150,7 +162,8 @@ class HttpConnection(asyncio.Protocol):
         self._body_bytes = 0
         self._pending: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._write_paused = False
+        self.write_paused = False
+        self.resume_hook: Callable[[], None] | None = None  # a stream relay resuming its upstream
         self._drain_waiter: asyncio.Future[None] | None = None
         self.deadline = 0.0  # loop time after which an idle or header-pending connection is closed
         self._rejected = False
@@ -172,15 +185,23 @@ class HttpConnection(asyncio.Protocol):
         self._disarm()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ClientGone())
+        hook = self.resume_hook
+        if hook is not None:  # a relay paused its upstream for us: let it run on and notice we left
+            self.resume_hook = None
+            hook()
         if self._task is not None and not self._task.done():
             # The handler notices `client_gone` at its next write; cancelling would skip its accounting.
             pass
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
+        hook = self.resume_hook
+        if hook is not None:
+            self.resume_hook = None
+            hook()
         w = self._drain_waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -346,7 +367,7 @@ class HttpConnection(asyncio.Protocol):
     async def drain(self) -> None:
         if self.closed:
             raise ClientGone()
-        if not self._write_paused:
+        if not self.write_paused:
             return
         self._drain_waiter = self._loop.create_future()
         try:

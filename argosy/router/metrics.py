@@ -75,6 +75,11 @@ class Metrics:
             "Tokens from upstream usage, by backend and direction.",
             ("backend", "direction"),
         )
+        c(
+            "argosy_router_key_tokens_total",
+            "Tokens from upstream usage, by client key and direction.",
+            ("key", "direction"),
+        )
         c("argosy_router_rejected_total", "Requests refused by the router itself, by reason.", ("reason",))
         c("argosy_router_chunks_total", "SSE chunks relayed.", ())
         c("argosy_router_wakeups_total", "Wake-up events emitted while requests waited for a backend.", ())

@@ -146,6 +146,17 @@ def rewrite_events(raw: bytes, seen: Seen, chat: bool) -> bytes:
     return b"".join(out)
 
 
+def is_usage_only(event: bytes) -> bool:
+    """True for the extra chunk `stream_options.include_usage` adds: a usage object and no choices."""
+    for data in iter_data(event):
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return False
+        return isinstance(obj, dict) and isinstance(obj.get("usage"), dict) and not obj.get("choices")
+    return False
+
+
 def error_event(message: str, code: str) -> bytes:
     err = {"error": {"message": message, "type": "upstream_error", "code": code}}
     return b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n"

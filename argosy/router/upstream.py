@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -32,13 +33,15 @@ class UpstreamError(Exception):
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "_loop", "_parser", "transport", "closed", "_head", "_chunks", "_buffered", "_done", "_error",
-        "_waiter", "status", "headers", "_paused", "_got_bytes", "keep_alive",
+        "_waiter", "status", "headers", "_paused", "_got_bytes", "keep_alive", "sink", "_batch", "_timer",
+        "_gap_s", "_last", "_sink_error", "_first_phase",
     )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -54,6 +57,15 @@ class _Conn(asyncio.Protocol):
         self._paused = False
         self._got_bytes = False
         self.keep_alive = True
+        # Stream mode: body bytes go straight to `sink`, joined once per socket read, instead of
+        # waking the relaying task once per chunk (the per-chunk cost of SSE relaying).
+        self.sink: Callable[[bytes], None] | None = None
+        self._batch: list[bytes] = []
+        self._sink_error: BaseException | None = None
+        self._gap_s = 0.0
+        self._last = 0.0
+        self._first_phase = True  # the timer is still the first-byte one
+        self._stop_timer()
 
     # transport callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,6 +74,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._flush()
         if not self._done:
             before = self._head is not None and not self._head.done()
             self._fail(
@@ -71,14 +84,25 @@ class _Conn(asyncio.Protocol):
                     before_response=before,
                 )
             )
+        self._stop_timer()
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
+        self._last = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._flush()
             self._fail(UpstreamError("protocol", f"the backend sent malformed HTTP: {exc}"))
             self.close()
+            return
+        if self._batch:
+            self._flush()
+        if self._first_phase and self.status and not self._done and not self.closed:
+            # Headers are in but the body goes on: from now on the timer measures gaps.
+            self._first_phase = False
+            self._stop_timer()
+            self._timer = self._loop.call_later(self._gap_s, self._on_timer)
 
     # parser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -91,6 +115,9 @@ class _Conn(asyncio.Protocol):
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self._batch.append(body)
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -99,10 +126,24 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        self._flush()  # a stream's last events reach the sink before its end is signalled
         self._done = True
+        self._stop_timer()
         self._wake()
 
     # internals
+    def _flush(self) -> None:
+        if not self._batch or self.sink is None:
+            return
+        data = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
+        self._batch.clear()
+        try:
+            self.sink(data)
+        except Exception as exc:  # a sink bug must end this stream, not kill the event loop's callback
+            self._sink_error = exc
+            self._fail(UpstreamError("protocol", f"relaying failed: {exc!r}", before_response=False))
+            self.abort()
+
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
@@ -115,36 +156,66 @@ class _Conn(asyncio.Protocol):
             self._head.set_exception(err)
         self._wake()
 
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def close(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.abort()
 
-    async def send(self, data: bytes, first_byte_s: float) -> None:
+    def pause(self) -> None:
+        """Stop reading from the backend (the client is slower than it); the gap timeout waits too."""
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self._last = self._loop.time()
+            self.transport.resume_reading()
+
+    async def send(self, data: bytes, first_byte_s: float, chunk_gap_s: float) -> None:
         """Write a request and wait for the response headers."""
         assert self.transport is not None
         self._head = self._loop.create_future()
+        self._gap_s = chunk_gap_s
         self.transport.write(data)
-        timer = self._loop.call_later(first_byte_s, self._first_byte_timeout)
-        try:
-            await self._head
-        finally:
-            timer.cancel()
+        # One timer per request covers both the first byte and the gaps between chunks: when it
+        # fires mid-body it re-arms for the rest of the gap instead of a timer per chunk.
+        self._timer = self._loop.call_later(first_byte_s, self._on_timer)
+        await self._head
 
-    def _first_byte_timeout(self) -> None:
-        self._fail(UpstreamError("timeout_first_byte", "the backend did not answer in time"))
-        self.abort()
-
-    def _gap_timeout(self) -> None:
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._done or self.closed:
+            return
+        if self._head is not None and not self._head.done():
+            self._fail(UpstreamError("timeout_first_byte", "the backend did not answer in time"))
+            self.abort()
+            return
+        now = self._loop.time()
+        if self._paused:  # back-pressure from the client, not a silent backend
+            self._timer = self._loop.call_later(self._gap_s, self._on_timer)
+            return
+        left = self._last + self._gap_s - now
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._on_timer)
+            return
         self._fail(UpstreamError("timeout_chunk", "the backend stalled mid-response", before_response=False))
         self.abort()
 
-    async def read(self, chunk_gap_s: float) -> bytes | None:
+    async def read(self) -> bytes | None:
         """The next body bytes (all that have arrived, joined), or None at the end of the body."""
         while True:
             if self._chunks:
@@ -156,19 +227,45 @@ class _Conn(asyncio.Protocol):
                 self._buffered = 0
                 if self._paused and self.transport is not None:
                     self._paused = False
+                    self._last = self._loop.time()
                     self.transport.resume_reading()
                 return data
             if self._done:
                 return None
             if self._error is not None:
                 raise self._error
+            if self._timer is None and not self.closed:
+                # The headers arrived before the timer re-armed for gaps (it only fires on schedule).
+                self._last = self._loop.time()
+                self._timer = self._loop.call_later(self._gap_s, self._on_timer)
             self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(chunk_gap_s, self._gap_timeout)
             try:
                 await self._waiter
             finally:
-                timer.cancel()
                 self._waiter = None
+
+    async def stream(self, sink: Callable[[bytes], None]) -> None:
+        """Hand every body byte to `sink` as it arrives; return at the end of the body, raise on failure."""
+        self.sink = sink
+        if self._chunks:  # what arrived with the headers, before the sink was set
+            self._batch.extend(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            self._flush()
+        if self._paused:
+            self.resume()
+        while not self._done:
+            if self._sink_error is not None:
+                raise self._sink_error  # the router's bug, not the backend's failure: no failover
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._sink_error is not None:
+            raise self._sink_error
 
     @property
     def reusable(self) -> bool:
@@ -195,10 +292,21 @@ class UpstreamResponse:
         return None
 
     async def read(self) -> bytes | None:
-        data = await self._conn.read(self.chunk_gap_s)
+        data = await self._conn.read()
         if data is None:
             self.release()
         return data
+
+    async def stream(self, sink: Callable[[bytes], None]) -> None:
+        """Relay the body through `sink` (called from the protocol, once per socket read)."""
+        await self._conn.stream(sink)
+        self.release()
+
+    def pause(self) -> None:
+        self._conn.pause()
+
+    def resume(self) -> None:
+        self._conn.resume()
 
     async def read_all(self, limit: int) -> bytes:
         parts = []
@@ -286,7 +394,7 @@ class Pool:
             if conn.closed:
                 continue
             try:
-                await self._send(conn, head, body, data, first_byte_s)
+                await self._send(conn, head, body, data, first_byte_s, chunk_gap_s)
                 return UpstreamResponse(conn, self, chunk_gap_s)
             except UpstreamError as exc:
                 # A pooled connection the backend had already closed: no byte came back, so the
@@ -295,17 +403,19 @@ class Pool:
                     continue
                 raise
         conn = await self._connect(connect_s)
-        await self._send(conn, head, body, data, first_byte_s)
+        await self._send(conn, head, body, data, first_byte_s, chunk_gap_s)
         return UpstreamResponse(conn, self, chunk_gap_s)
 
     @staticmethod
-    async def _send(conn: _Conn, head: bytes, body: bytes, data: bytes | None, first_byte_s: float) -> None:
+    async def _send(
+        conn: _Conn, head: bytes, body: bytes, data: bytes | None, first_byte_s: float, chunk_gap_s: float
+    ) -> None:
         if data is None:
             assert conn.transport is not None
             conn.transport.write(head)
-            await conn.send(body, first_byte_s)
+            await conn.send(body, first_byte_s, chunk_gap_s)
         else:
-            await conn.send(data, first_byte_s)
+            await conn.send(data, first_byte_s, chunk_gap_s)
 
     def close(self) -> None:
         self.closed = True

@@ -114,6 +114,10 @@ def register(app: typer.Typer) -> None:
         os.makedirs(settings.home / "agent", exist_ok=True)
 
         def prepare(spec, port, progress):  # type: ignore[no-untyped-def]
+            if spec.get("kind") == "train":  # a fine-tuning run: no engine, runs to completion
+                from argosy.train.workload import prepare_train
+
+                return prepare_train(spec, progress)
             return prepare_workload(spec, port, settings, progress, host=address)
 
         unknown = sorted(set(role) - {"sandbox"})

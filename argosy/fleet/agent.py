@@ -33,11 +33,19 @@ MAX_LOG_SHIP_BYTES = 64 * 1024
 
 @dataclass
 class Launch:
-    """What a prepared workload needs to start: argv, env, and where to probe its health."""
+    """What a prepared workload needs to start: argv, env, and where to probe its health.
+
+    A workload with no health URL runs to completion (a training run): it is "running" while its
+    process lives, and its exit code is the result. Its `progress_path`, if any, is a JSON-lines
+    file whose new whole lines are shipped in heartbeats (with their byte offsets, so the server
+    can skip what it already has after a lost beat or an agent restart).
+    """
 
     argv: list[str]
     env: dict[str, str]
-    health_url: str
+    health_url: str | None
+    progress_path: str | None = None
+    cwd: str | None = None
 
 
 # prepare(spec, port, progress) -> Launch; runs in a worker thread (may take minutes the first time).
@@ -50,13 +58,15 @@ class Workload:
     spec: dict[str, Any]
     port: int
     log_path: Path
-    state: str = "preparing"  # preparing -> starting -> healthy | unhealthy -> exited | failed | stopped
+    state: str = "preparing"  # preparing -> starting -> healthy | unhealthy (or running, no health URL) -> exited | failed | stopped
     since: float = field(default_factory=time.time)
     message: str = ""
     launch: Launch | None = None
     process: Any = None  # subprocess.Popen
     exit_code: int | None = None
     log_offset: int = 0
+    progress_offset: int = 0  # bytes of the progress file the server has acknowledged
+    progress_sent: int | None = None  # where the last shipped batch ended, until the server answers
     health_failures: int = 0
     thread: threading.Thread | None = None
 
@@ -149,9 +159,39 @@ class Agent:
             report["services"] = self.services()
         if self.preemption_notice:
             report["preemption_notice"] = self.preemption_notice
+        progress = self._new_progress()
+        if progress:
+            report["progress"] = progress
         answer = self._post(f"/agents/{self.node_id}/heartbeat", report)
         self.finished = {}
+        for w in self.workloads.values():  # acknowledged: the next beat ships what follows
+            if w.progress_sent is not None:
+                w.progress_offset, w.progress_sent = w.progress_sent, None
         return answer
+
+    def _new_progress(self) -> dict[str, list[list[Any]]]:
+        """New whole lines of each workload's progress file, as [byte offset, line] pairs."""
+        out: dict[str, list[list[Any]]] = {}
+        for w in self.workloads.values():
+            w.progress_sent = None
+            if w.launch is None or not w.launch.progress_path:
+                continue
+            try:
+                with open(w.launch.progress_path, "rb") as f:
+                    f.seek(w.progress_offset)
+                    data = f.read(MAX_LOG_SHIP_BYTES)
+            except OSError:
+                continue
+            cut = data.rfind(b"\n") + 1
+            if not cut:
+                continue
+            pairs, pos = [], w.progress_offset
+            for raw in data[:cut].split(b"\n")[:-1]:
+                pairs.append([pos, raw.decode("utf-8", "replace")])
+                pos += len(raw) + 1
+            w.progress_sent = pos
+            out[w.id] = pairs
+        return out
 
     def _new_logs(self) -> dict[str, list[str]]:
         out = {}
@@ -218,8 +258,11 @@ class Agent:
             w.exit_code = code
             w.state = "exited"
             w.since = time.time()
-            w.message = f"engine exited with code {code}" + (f" (signal {-code})" if code < 0 else "")
+            what = "engine" if w.spec.get("kind", "engine") == "engine" else str(w.spec.get("kind"))
+            w.message = f"{what} exited with code {code}" + (f" (signal {-code})" if code < 0 else "")
             return
+        if w.launch is not None and w.launch.health_url is None:
+            return  # runs to completion: alive is all there is to know until it exits
         ok = self._probe(w)
         if ok:
             w.health_failures = 0
@@ -231,7 +274,7 @@ class Agent:
                 w.state, w.since, w.message = "unhealthy", time.time(), "health check failing"
 
     def _probe(self, w: Workload) -> bool:
-        assert w.launch is not None
+        assert w.launch is not None and w.launch.health_url is not None
         try:
             return httpx.get(w.launch.health_url, timeout=2.0).status_code == 200
         except httpx.HTTPError:
@@ -240,11 +283,19 @@ class Agent:
     def _spawn(self, w: Workload) -> None:
         assert w.launch is not None
         try:
-            w.process = proc.spawn(w.launch.argv, w.log_path, env=w.launch.env, die_with_parent=True)
+            w.process = proc.spawn(
+                w.launch.argv,
+                w.log_path,
+                env=w.launch.env,
+                cwd=Path(w.launch.cwd) if w.launch.cwd else None,
+                die_with_parent=True,
+            )
         except OSError as exc:
-            w.state, w.message = "failed", f"could not start the engine: {exc}"
+            w.state, w.message = "failed", f"could not start the {w.spec.get('kind', 'engine')}: {exc}"
             return
-        w.state, w.since, w.message = "starting", time.time(), f"started pid {w.process.pid}"
+        # Without a health URL there is no "healthy" to wait for: the process running is the state.
+        w.state = "starting" if w.launch.health_url is not None else "running"
+        w.since, w.message = time.time(), f"started pid {w.process.pid}"
 
     def _stop(self, w: Workload) -> None:
         if w.process is not None:

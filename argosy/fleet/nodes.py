@@ -7,6 +7,7 @@ command queue to replay after a crash of either side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +74,25 @@ def desired_workloads(session: Session, node: Node) -> list[dict[str, Any]]:
             "model": d.model,
             "served_name": d.name,
             "args": d.spec.get("engine_args", {}),
+            "lora": d.spec.get("lora"),
         }
         for r, d in rows
     ]
 
 
 def heartbeat(
-    session: Session, node_id: str, report: dict[str, Any], now: float, logs_dir: Path
+    session: Session,
+    node_id: str,
+    report: dict[str, Any],
+    now: float,
+    logs_dir: Path,
+    sources: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Record an agent's report; answer with the node's desired workloads."""
+    """Record an agent's report; answer with the node's desired workloads.
+
+    `sources` are the other workload kinds' halves of the protocol (e.g. training jobs): objects with
+    `ingest(session, node, report, now, logs_dir)` and `desired(session, node) -> list[dict]`.
+    """
     node = session.get(Node, node_id)
     if node is None:
         raise NotFoundError(f"unknown node {node_id}", fix="restart the agent so it registers again")
@@ -105,7 +116,11 @@ def heartbeat(
         replica = session.get(Replica, wid)
         if replica is not None and replica.node_id == node.id and lines:
             append_logs(logs_dir, replica.deployment_id, wid, lines[-MAX_LOG_LINES_PER_BEAT:])
-    return {"workloads": desired_workloads(session, node), "terminate": False}
+    desired = desired_workloads(session, node)
+    for source in sources:
+        source.ingest(session, node, report, now, logs_dir)
+        desired += source.desired(session, node)
+    return {"workloads": desired, "terminate": False}
 
 
 def append_logs(logs_dir: Path, deployment_id: str, replica_id: str, lines: list[str]) -> None:

@@ -100,6 +100,7 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
             tasks = [
                 asyncio.create_task(_loop("deployments", interval, state.deployments.reconcile, stop)),
                 asyncio.create_task(_loop("fleet", interval, fleet_step, stop)),
+                asyncio.create_task(_loop("train", interval, state.train.reconcile, stop)),
             ]
         yield
         stop.set()
@@ -111,6 +112,7 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
 
     app = FastAPI(title="Argosy", version=argosy.__version__, lifespan=lifespan)
     app.state.clock = clock  # areas that create their own workers (sandbox runner) share the clock
+    app.state.train_state = state  # the training routes reach the store, settings and providers
 
     @app.exception_handler(ArgosyError)
     async def _argosy_error(_req: Request, exc: ArgosyError) -> JSONResponse:
@@ -135,10 +137,19 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
     # -- deployments ---------------------------------------------------------------------------
     @app.post(f"{api}/deployments", dependencies=[Depends(user)])
     def deploy(body: DeployBody) -> dict[str, Any]:
+        model, name, lora = body.model, body.name, None
+        if not Path(body.model).expanduser().exists():
+            # A fine-tune by job id or registered name: its base model plus adapter, or its merged dir.
+            from argosy.train.jobs import resolve_for_deploy
+
+            with store.session() as s:
+                hit = resolve_for_deploy(s, body.model)
+            if hit is not None:
+                model, lora, name = hit["model"], hit["lora"], name or hit["name"]
         req = dep_svc.validate(
             dep_svc.DeployRequest(
-                body.model,
-                body.name,
+                model,
+                name,
                 body.provider,
                 body.engine,
                 body.replicas,
@@ -146,6 +157,7 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
                 body.gpu,
                 body.fallback,
                 body.fallback_model,
+                lora,
             ),
             engine_glue.engine_names(),
             settings.engine.default,
@@ -273,14 +285,20 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
         if key.role == "agent" and key.node_id != node_id:
             raise ArgosyError("this agent key belongs to another node")
         with store.session() as s:
-            answer = node_svc.heartbeat(s, node_id, report, clock.now(), settings.logs_dir)
+            answer = node_svc.heartbeat(
+                s, node_id, report, clock.now(), settings.logs_dir, state.workload_sources
+            )
         # Areas that serve through agents (sandbox) learn each node's services from its reports.
         for hook in app.state.agent_report_hooks:
             hook(node_id, report, answer)
         return answer
 
     app.state.agent_report_hooks = []
-    for extra in ("argosy.server.routes_catalog", "argosy.server.routes_sandbox"):
+    for extra in (
+        "argosy.server.routes_catalog",
+        "argosy.server.routes_sandbox",
+        "argosy.server.routes_train",
+    ):
         _include_optional(app, extra, [Depends(user)], state)
 
     return app

@@ -49,6 +49,8 @@ class SandboxConfig(BaseModel):
     # On the server: run sandboxes on its own machine when no agent with the sandbox role is
     # registered. Off (ARGOSY_SANDBOX_LOCAL_FALLBACK=0) keeps untrusted code off the control plane.
     local_fallback: bool = True
+    # Pooled Python sandboxes pre-start their interpreter (argosy/sandbox/zygote.py).
+    zygote: bool = True
     # Host paths visible read-only inside; everything else (home dirs, /var, /srv, the server's
     # database) is absent. Entries that do not exist on the node are skipped.
     ro_paths: list[str] = ["/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
@@ -65,6 +67,7 @@ class SandboxConfig(BaseModel):
             "ARGOSY_SANDBOX_MAX_CONCURRENT": "max_concurrent",
             "ARGOSY_SANDBOX_MAX_QUEUE": "max_queue",
             "ARGOSY_SANDBOX_LOCAL_FALLBACK": "local_fallback",
+            "ARGOSY_SANDBOX_ZYGOTE": "zygote",
         }
         for var, key in simple.items():
             if env.get(var):

@@ -26,11 +26,14 @@ import hashlib
 import json
 import math
 import os
+import queue
+import resource
 import selectors
 import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +53,16 @@ CTL = "/run/argosy"  # read-only inside: the command script and stdin, written b
 READ_CHUNK = 65536
 OutputSink = Callable[[str, bytes], None]
 PRLIMIT = "/usr/bin/prlimit"  # util-linux: essential on Debian and Ubuntu
+# The environment every sandbox starts with (languages add theirs).
+BASE_ENV = {"PATH": SANDBOX_PATH, "HOME": WORK, "LANG": "C.UTF-8", "TMPDIR": "/tmp", "USER": "sandbox"}
+_RLIMITS = {
+    "core": resource.RLIMIT_CORE,
+    "nofile": resource.RLIMIT_NOFILE,
+    "cpu": resource.RLIMIT_CPU,
+    "fsize": resource.RLIMIT_FSIZE,
+    "as": resource.RLIMIT_AS,
+    "nproc": resource.RLIMIT_NPROC,
+}
 
 
 @dataclass
@@ -86,6 +99,9 @@ class Prepared:
     network: bool
     created_mono: float = field(default_factory=time.monotonic)
     closed: bool = False
+    # A zygote sandbox (zygote.py): already running an interpreter that waits on `block_w`; a
+    # request's argv loses this many leading items (the interpreter and its flags).
+    zygote_skip: int = 0
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -107,11 +123,31 @@ class Prepared:
                 "this sandbox is no longer usable", fix="retry; a fresh sandbox will be started"
             )
         try:
-            self._write_command([*self.backend.rlimit_argv(self, limits), *argv], env or {}, stdin)
+            if self.zygote_skip:
+                self._write_request(argv[self.zygote_skip :], limits, env or {}, stdin)
+            else:
+                self._write_command([*self.backend.apply_rlimits(self, limits), *argv], env or {}, stdin)
             self.backend.apply_limits(self, limits)
             return self._run(limits, on_output)
         finally:
             self.close()
+
+    def _write_request(
+        self, argv: list[str], limits: Limits, env: dict[str, str], stdin: bytes | None
+    ) -> None:
+        """What a zygote reads when it is told to go (it sets the rlimits on itself)."""
+        if stdin is not None:
+            (self.ctl_dir / "stdin").write_bytes(stdin)
+            (self.ctl_dir / "stdin").chmod(0o644)
+        req = {
+            "argv": argv,
+            "env": {**BASE_ENV, **env, "PWD": WORK},  # PWD: what /bin/sh would have exported
+            "stdin": f"{CTL}/stdin" if stdin is not None else "/dev/null",
+            "rlimits": self.backend._rlimit_values(self, limits),
+        }
+        path = self.ctl_dir / "run.json"
+        path.write_text(json.dumps(req))
+        path.chmod(0o644)
 
     def _write_command(self, argv: list[str], env: dict[str, str], stdin: bytes | None) -> None:
         lines = ["set -e"]
@@ -222,9 +258,9 @@ class Prepared:
         if self.block_w >= 0:
             os.close(self.block_w)
             self.block_w = -1
-        if self.cgroup is not None:
-            self.cgroup.destroy()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        # Every process of the sandbox is dead (its PID namespace went with its init); removing the
+        # cgroup and the run dir is housekeeping, done off the request's path.
+        self.backend.dispose(self.cgroup, self.run_dir)
 
 
 class NamespacesBackend:
@@ -238,6 +274,10 @@ class NamespacesBackend:
         self.cgroups = cgroups.detect()
         self.is_root = os.geteuid() == 0
         self._bpf: bytes | None = None
+        self._direct_rlimits: bool | None = None  # prlimit(2) on the blocked sandbox works here
+        self._janitor: queue.Queue[tuple[cgroups.RunCgroup | None, Path] | None] = queue.Queue()
+        self._janitor_thread: threading.Thread | None = None
+        self._janitor_lock = threading.Lock()
         self.runs_dir = config.base_dir / "runs"
         # cgroup names carry the base dir's tag: agents (or tests) with other base dirs share the
         # cgroup parent, and the stale-cgroup sweep must only touch this one's.
@@ -366,6 +406,7 @@ class NamespacesBackend:
         block_fd: int,
         seccomp_fd: int,
         info_fd: int,
+        command: list[str] | None = None,
     ) -> list[str]:
         assert self.bwrap is not None
         argv = [
@@ -395,11 +436,21 @@ class NamespacesBackend:
         argv += ["--bind", str(workdir), WORK, "--ro-bind", str(ctl_dir), CTL]
         argv += ["--remount-ro", "/", "--chdir", WORK]
         argv += ["--info-fd", str(info_fd), "--block-fd", str(block_fd), "--seccomp", str(seccomp_fd)]
-        argv += ["--", "/bin/sh", f"{CTL}/cmd.sh"]
+        argv += ["--", *(command or ["/bin/sh", f"{CTL}/cmd.sh"])]
         return argv
 
-    def prepare(self, network: bool = False, workdir: Path | None = None, tmpfs_mb: int = 64) -> Prepared:
-        """Start a blocked sandbox. With no `workdir`, a fresh private one is made (and removed on close)."""
+    def prepare(
+        self,
+        network: bool = False,
+        workdir: Path | None = None,
+        tmpfs_mb: int = 64,
+        zygote: tuple[list[str], int] | None = None,
+    ) -> Prepared:
+        """Start a blocked sandbox. With no `workdir`, a fresh private one is made (and removed on close).
+
+        With `zygote` (zygote.python_argv's answer), the sandbox is unblocked at once and runs the
+        zygote, which waits for the request on a pipe of its own instead.
+        """
         self.require()
         self.ensure_base()
         run_id = new_id("sbx")
@@ -417,10 +468,21 @@ class NamespacesBackend:
         bpf = self.bpf()
         os.write(sec_w, bpf)  # a few hundred bytes: fits the pipe buffer, never blocks
         os.close(sec_w)
+        go_r = go_w = ready_r = ready_w = -1
+        command = None
+        if zygote is not None:
+            from argosy.sandbox.zygote import SCRIPT_NAME, SOURCE
+
+            (ctl_dir / SCRIPT_NAME).write_text(SOURCE)
+            (ctl_dir / SCRIPT_NAME).chmod(0o644)
+            go_r, go_w = os.pipe()
+            ready_r, ready_w = os.pipe()
+            fds = {"{go_fd}": str(go_r), "{ready_fd}": str(ready_w)}
+            command = [fds.get(a, a) for a in zygote[0]]
         cg: cgroups.RunCgroup | None = None
         try:
-            argv = self.bwrap_argv(network, tmpfs_mb, workdir, ctl_dir, block_r, sec_r, info_w)
-            env = {"PATH": SANDBOX_PATH, "HOME": WORK, "LANG": "C.UTF-8", "TMPDIR": "/tmp", "USER": "sandbox"}
+            argv = self.bwrap_argv(network, tmpfs_mb, workdir, ctl_dir, block_r, sec_r, info_w, command)
+            env = dict(BASE_ENV)
             kwargs: dict[str, object] = {}
             if self.is_root:
                 # Start bwrap itself unprivileged: it then builds its user namespace as that uid, so
@@ -439,13 +501,14 @@ class NamespacesBackend:
                 stderr=subprocess.PIPE,
                 env=env,
                 cwd="/",
-                pass_fds=(block_r, sec_r, info_w),
+                pass_fds=(block_r, sec_r, info_w) + ((go_r, ready_w) if go_r >= 0 else ()),
                 start_new_session=True,
                 **kwargs,  # type: ignore[arg-type]
             )
         except OSError as exc:
-            for fd in (block_r, block_w, info_r, info_w, sec_r):
-                os.close(fd)
+            for fd in (block_r, block_w, info_r, info_w, sec_r, go_r, go_w, ready_r, ready_w):
+                if fd >= 0:
+                    os.close(fd)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise SandboxError(
                 f"could not start bubblewrap: {exc}", fix="run `argosy sandbox doctor`"
@@ -453,6 +516,9 @@ class NamespacesBackend:
         os.close(block_r)
         os.close(info_w)
         os.close(sec_r)
+        if go_r >= 0:
+            os.close(go_r)
+            os.close(ready_w)
         try:
             child = self._read_child_pid(info_r, proc)
             if self.cgroups.version != "none":
@@ -463,10 +529,35 @@ class NamespacesBackend:
                 cg.attach(child)
         except BaseException:
             os.close(info_r)
+            if go_w >= 0:
+                os.close(go_w)
+                os.close(ready_r)
             Prepared(self, run_dir, ctl_dir, workdir, proc, 0, block_w, cg, network).close()
             raise
         os.close(info_r)
-        return Prepared(self, run_dir, ctl_dir, workdir, proc, child, block_w, cg, network)
+        if zygote is None:
+            return Prepared(self, run_dir, ctl_dir, workdir, proc, child, block_w, cg, network)
+        # In its cgroup: let bwrap start the zygote now; the request's go byte goes to its pipe.
+        os.write(block_w, b"1")
+        os.close(block_w)
+        prepared = Prepared(
+            self, run_dir, ctl_dir, workdir, proc, child, go_w, cg, network, zygote_skip=zygote[1]
+        )
+        # Ready once the interpreter has started (the pool's thread waits here, not a request).
+        try:
+            ok = _wait_readable(ready_r, 30.0)
+            if not ok or os.read(ready_r, 1) != b"1":
+                err = b""
+                if prepared.proc.poll() is not None and prepared.proc.stderr is not None:
+                    err = prepared.proc.stderr.read()
+                prepared.close()
+                raise SandboxError(
+                    f"the Python zygote did not start: {err.decode(errors='replace')[-300:] or 'no message'}",
+                    fix="set ARGOSY_SANDBOX_ZYGOTE=0 to pool plain sandboxes; run `argosy sandbox doctor`",
+                )
+        finally:
+            os.close(ready_r)
+        return prepared
 
     def _read_child_pid(self, info_r: int, proc: subprocess.Popen[bytes]) -> int:
         data = b""
@@ -502,32 +593,102 @@ class NamespacesBackend:
         if prepared.cgroup is not None:
             prepared.cgroup.set_limits(limits)
 
-    def rlimit_argv(self, prepared: Prepared, limits: Limits) -> list[str]:
-        """A `prlimit ... --` prefix: the code's rlimits, set by the sandbox on itself just before exec.
+    # -- housekeeping off the request path ------------------------------------------------------------
 
-        Why from inside and not prlimit(2) from the agent: lowering one's own limits needs no
-        privilege, while prlimit on another uid's process needs CAP_SYS_RESOURCE, which an agent in
-        a container often lacks; and a pre-warmed sandbox learns its limits only at start. Why the
-        prlimit(1) binary (util-linux) and not the shell's `ulimit`: its flags differ between dash
-        and bash (-p vs -u for processes). `--x=N` sets soft and hard, so the code cannot raise them.
-        """
+    def dispose(self, cg: cgroups.RunCgroup | None, run_dir: Path) -> None:
+        """Remove a finished sandbox's cgroup and run dir, in the background (v1 rmdir waits out
+        the kernel reaping the last task, which can take milliseconds)."""
+        with self._janitor_lock:
+            if self._janitor_thread is None or not self._janitor_thread.is_alive():
+                self._janitor_thread = threading.Thread(
+                    target=self._janitor_loop, name="sandbox-janitor", daemon=True
+                )
+                self._janitor_thread.start()
+        self._janitor.put((cg, run_dir))
+
+    def _janitor_loop(self) -> None:
+        while True:
+            item = self._janitor.get()
+            try:
+                if item is None:
+                    return
+                cg, run_dir = item
+                if cg is not None:
+                    cg.destroy()
+                shutil.rmtree(run_dir, ignore_errors=True)
+            except Exception:  # one stubborn dir must not stop the rest; cleanup_stale retries
+                pass
+            finally:
+                self._janitor.task_done()
+
+    def flush(self) -> None:
+        """Wait until every disposed sandbox is cleaned up (on close, and in tests)."""
+        if self._janitor_thread is not None and self._janitor_thread.is_alive():
+            self._janitor.join()
+
+    # -- limits ----------------------------------------------------------------------------------------
+
+    def _rlimit_values(self, prepared: Prepared, limits: Limits) -> list[tuple[str, int]]:
         cg = prepared.cgroup
         cpu_s = math.ceil(limits.timeout_ms / 1000 * max(1.0, limits.cpu_count)) + 1
-        argv = [
-            PRLIMIT,
-            "--core=0",
-            "--nofile=1024",
+        out = [
+            ("core", 0),
+            ("nofile", 1024),
             # A backstop if the agent's own deadline is ever missed: the kernel stops a CPU spinner.
-            f"--cpu={cpu_s}",
-            f"--fsize={limits.file_size_mb * 2**20}",
+            ("cpu", cpu_s),
+            ("fsize", limits.file_size_mb * 2**20),
         ]
         if cg is None or not cg.limits_memory:
             # The floor without a memory cgroup: address space, with room for runtimes that reserve
             # far more than they touch (V8, the JVM, Go). Weaker: per process, not per sandbox.
-            argv.append(f"--as={(limits.memory_mb + limits.address_space_extra_mb) * 2**20}")
+            out.append(("as", (limits.memory_mb + limits.address_space_extra_mb) * 2**20))
         if cg is None or not cg.limits_pids:
             # Counted per uid in the sandbox's own user namespace, so runs do not share the count.
-            argv.append(f"--nproc={limits.pids + 2}")
+            out.append(("nproc", limits.pids + 2))
+        return out
+
+    def apply_rlimits(self, prepared: Prepared, limits: Limits) -> list[str]:
+        """Set the code's rlimits; returns the argv prefix that sets them inside, if that is needed.
+
+        Fast path: prlimit(2) on the blocked sandbox's init process, before it starts the code
+        (everything it starts inherits them; soft = hard, so the code cannot raise them). That
+        needs the agent's uid to match the sandbox's, or CAP_SYS_RESOURCE over it; where neither
+        holds (root in a container without that capability) the prlimit(1) prefix of
+        `rlimit_argv` sets them from inside instead, at the cost of one more exec per run.
+        """
+        values = self._rlimit_values(prepared, limits)
+        if self._direct_rlimits is not False:
+            try:
+                for name, value in values:
+                    res = _RLIMITS[name]
+                    _, hard = resource.prlimit(prepared.child_pid, res)
+                    if hard != resource.RLIM_INFINITY:
+                        value = min(value, hard)
+                    resource.prlimit(prepared.child_pid, res, (value, value))
+                self._direct_rlimits = True
+                return []
+            except PermissionError:
+                self._direct_rlimits = False
+        return self.rlimit_argv(prepared, limits)
+
+    def rlimit_argv(self, prepared: Prepared, limits: Limits) -> list[str]:
+        """A `prlimit ... --` prefix: the code's rlimits, set by the sandbox on itself just before exec.
+
+        The fallback of `apply_rlimits` where prlimit(2) from the agent is refused: lowering one's
+        own limits needs no privilege, while prlimit on another uid's process needs
+        CAP_SYS_RESOURCE, which an agent in a container often lacks. Why the
+        prlimit(1) binary (util-linux) and not the shell's `ulimit`: its flags differ between dash
+        and bash (-p vs -u for processes). `--x=N` sets soft and hard, so the code cannot raise them.
+        """
+        flags = {
+            "core": "--core",
+            "nofile": "--nofile",
+            "cpu": "--cpu",
+            "fsize": "--fsize",
+            "as": "--as",
+            "nproc": "--nproc",
+        }
+        argv = [PRLIMIT, *(f"{flags[n]}={v}" for n, v in self._rlimit_values(prepared, limits))]
         return [*argv, "--"]
 
     def run_argv(
@@ -549,6 +710,12 @@ class NamespacesBackend:
             prepared.close()
             raise
         return prepared.start(argv, limits, env=env, stdin=stdin)
+
+
+def _wait_readable(fd: int, timeout: float) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(timeout))
 
 
 def _open_dir_nofollow(root: Path, parts: list[str], create: bool, owner: tuple[int, int] | None) -> int:

@@ -40,6 +40,7 @@ from argosy.sandbox.namespaces import (
     read_inside,
     write_inside,
 )
+from argosy.sandbox.zygote import python_argv
 
 MAX_DOWNLOAD_BYTES = 64 * 2**20
 REAP_GRACE_S = 2.0
@@ -120,9 +121,17 @@ class WarmPool:
     sandbox started from a short-lived refill thread would die with it.
     """
 
-    def __init__(self, backend: NamespacesBackend, sizes: dict[str, int], tmpfs_mb: int) -> None:
+    def __init__(
+        self,
+        backend: NamespacesBackend,
+        sizes: dict[str, int],
+        tmpfs_mb: int,
+        zygotes: dict[str, tuple[list[str], int]] | None = None,
+    ) -> None:
         self.backend = backend
         self.sizes = dict(sizes)
+        # Languages whose pooled sandboxes run a pre-started interpreter (zygote.py).
+        self.zygotes = dict(zygotes or {})
         self.tmpfs_mb = tmpfs_mb
         self.ready: dict[str, list[Prepared]] = {lang: [] for lang in sizes}
         self.last_error: str | None = None
@@ -151,7 +160,9 @@ class WarmPool:
                 self._wake.clear()
                 continue
             try:
-                prepared = self.backend.prepare(network=False, tmpfs_mb=self.tmpfs_mb)
+                prepared = self.backend.prepare(
+                    network=False, tmpfs_mb=self.tmpfs_mb, zygote=self.zygotes.get(lang)
+                )
             except Exception as exc:  # keep serving cold; say why in doctor/stats, retry later
                 self.last_error = str(exc)
                 self._wake.wait(5.0)
@@ -237,9 +248,15 @@ class LocalRunner:
         tmpfs_default = int(self.table.spec.defaults.tmpfs_mb or 64)
         for lang in self.config.pool:
             self.table.get(lang)  # unknown names fail here, at start-up, with a suggestion
-        self.pool = WarmPool(
-            backend, {self.table.get(k).name: v for k, v in self.config.pool.items()}, tmpfs_default
-        )
+        sizes = {self.table.get(k).name: v for k, v in self.config.pool.items()}
+        zygotes = {}
+        if self.config.zygote:
+            for name in sizes:
+                spec = self.table.get(name).spec
+                z = python_argv(spec.run, "{file}")
+                if z is not None:
+                    zygotes[name] = z
+        self.pool = WarmPool(backend, sizes, tmpfs_default, zygotes)
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -263,6 +280,7 @@ class LocalRunner:
     def close(self) -> None:
         self._stop.set()
         self.pool.close()
+        self.backend.flush()
 
     # -- execute -----------------------------------------------------------------------------------
 

@@ -399,3 +399,30 @@ def test_rlimit_floor_runs_every_runtime(floor_runner: LocalRunner, table: objec
             continue
         res = floor_runner.execute(ExecRequest(language=lang, code=code, timeout_ms=30000))
         assert res.stdout.strip() == "1", f"{lang}: {res.stderr}"
+
+
+# -- rlimits: set from the agent (prlimit(2)) where it may, from inside (prlimit(1)) otherwise -----
+
+RLIMIT_PROBE = (
+    "import resource as r\n"
+    "print(r.getrlimit(r.RLIMIT_NOFILE), r.getrlimit(r.RLIMIT_CORE), r.getrlimit(r.RLIMIT_CPU)[0] > 0)\n"
+    "try:\n    r.setrlimit(r.RLIMIT_NOFILE, (4096, 4096)); print('raised')\n"
+    "except (ValueError, OSError): print('cannot raise')\n"
+)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["auto", "prlimit1"])
+def test_rlimits_hold_either_way(direct: bool) -> None:
+    """`auto` uses prlimit(2) where the agent may (same uid, or CAP_SYS_RESOURCE), else falls back."""
+    from .conftest import BWRAP, fresh_config
+
+    if BWRAP is None:
+        pytest.skip("bubblewrap not installed")
+    r = LocalRunner(fresh_config())
+    try:
+        if not direct:
+            r.backend._direct_rlimits = False  # as on a node where prlimit(2) is refused
+        res = py(r, RLIMIT_PROBE)
+        assert res.stdout == "(1024, 1024) (0, 0) True\ncannot raise\n", res.stdout + res.stderr
+    finally:
+        r.close()

@@ -373,7 +373,16 @@ def register(app: typer.Typer) -> None:
             return
         table(
             "cost",
-            ["deployment", "state", "provider", "replica-hours", "rate $/h", "cost"],
+            [
+                "deployment",
+                "state",
+                "provider",
+                "replica-hours",
+                "rate $/h",
+                "cost",
+                "tokens in",
+                "tokens out",
+            ],
             [
                 [
                     r["deployment"],
@@ -382,10 +391,14 @@ def register(app: typer.Typer) -> None:
                     f"{r['seconds'] / 3600:.4f}",
                     ", ".join(f"{x:g}" for x in r["rates"]) or "-",
                     money(r["cost_usd"]),
+                    f"{r.get('tokens', {}).get('prompt_tokens', 0):,}",
+                    f"{r.get('tokens', {}).get('completion_tokens', 0):,}",
                 ]
                 for r in led["deployments"]
             ],
         )
+        tok = led["total"].get("tokens", {})
         err.print(
-            f"total: {money(led['total']['cost_usd'])} over {led['total']['seconds'] / 3600:.4f} replica-hours"
+            f"total: {money(led['total']['cost_usd'])} over {led['total']['seconds'] / 3600:.4f} replica-hours; "
+            f"tokens {tok.get('prompt_tokens', 0):,} in, {tok.get('completion_tokens', 0):,} out (from the routers)"
         )

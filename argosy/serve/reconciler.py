@@ -22,6 +22,7 @@ from argosy.core.errors import ArgosyError, CapacityError, ProviderError
 from argosy.core.ids import new_id
 from argosy.fleet.nodes import live_node_for_instance
 from argosy.providers.base import EndpointRequest, Endpoints, InstanceRequest, Instances
+from argosy.serve import router_usage
 from argosy.serve.routers import RouterManager
 from argosy.store.db import Store
 from argosy.store.events import note, transition
@@ -139,6 +140,8 @@ class DeploymentReconciler:
         if dep.state == "active":
             self._sync_router(s, dep, replicas, now)
         elif all(r.state in TERMINAL_STATES for r in replicas) and not dep.spec.get("fallback_endpoint"):
+            self._pull_usage(s, dep, now)  # the last tokens it counted, before the process goes
+            s.commit()
             self.routers.stop(dep)  # nothing is being written: the commit above released the lock
             dep.router_pid = None
             transition(s, dep, "destroyed", "all replicas terminated and the router stopped", now)
@@ -432,6 +435,7 @@ class DeploymentReconciler:
                 now,
                 dep.id,
             )
+        self._pull_usage(s, dep, now)
         table, version = router_table(dep, replicas)
         if version == dep.router_table_version:
             return
@@ -441,6 +445,13 @@ class DeploymentReconciler:
             log.warning("pushing the backend table for %s failed: %s", dep.name, exc)
             return
         dep.router_table_version = version
+
+    def _pull_usage(self, s: Session, dep: Deployment, now: float) -> None:
+        """Token counters from the router into the store (idempotent per router start id)."""
+        pull = getattr(self.routers, "usage", None)  # a capability: not every manager has one
+        report = pull(dep) if pull is not None else None
+        if report is not None:
+            router_usage.record(s, dep.id, report, now)
 
     # -- nodes that no longer serve anything ---------------------------------------------------
     def _collect_idle_nodes(self, s: Session) -> None:

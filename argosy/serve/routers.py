@@ -37,6 +37,10 @@ class RouterManager(Protocol):
 
     def stop(self, dep: Deployment) -> None: ...
 
+    def usage(self, dep: Deployment) -> dict[str, Any] | None:
+        """The router's `/router/usage` report (token counters since its start), None if unreachable."""
+        ...
+
 
 class ProcessRouters:
     """Real router processes on loopback (or `host`), one per deployment."""
@@ -93,6 +97,20 @@ class ProcessRouters:
     def stop(self, dep: Deployment) -> None:
         proc.stop(dep.router_pid)
 
+    def usage(self, dep: Deployment) -> dict[str, Any] | None:
+        if not dep.router_port or not dep.router_admin_token:
+            return None
+        try:
+            r = httpx.get(
+                self._url(dep.router_port) + "/router/usage",
+                headers={"Authorization": f"Bearer {dep.router_admin_token}"},
+                timeout=2.0,
+            )
+            body = r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
 
 @dataclass
 class MemoryRouters:
@@ -101,6 +119,7 @@ class MemoryRouters:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     running: dict[str, int] = field(default_factory=dict)
     next_port: int = 20000
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # what `usage` answers, by name
 
     def ensure(self, dep: Deployment) -> RouterHandle:
         if dep.name in self.running:
@@ -115,3 +134,6 @@ class MemoryRouters:
     def stop(self, dep: Deployment) -> None:
         self.running.pop(dep.name, None)
         self.tables.pop(dep.name, None)
+
+    def usage(self, dep: Deployment) -> dict[str, Any] | None:
+        return self.reports.get(dep.name) if dep.name in self.running else None

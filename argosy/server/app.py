@@ -21,7 +21,7 @@ from argosy.fleet import nodes as node_svc
 from argosy.providers.lifecycle import preflight_all
 from argosy.providers.registry import PROVIDERS
 from argosy.serve import deployments as dep_svc
-from argosy.serve import engine_glue
+from argosy.serve import engine_glue, router_usage
 from argosy.serve.reconciler import TERMINAL_STATES
 from argosy.server.auth import authenticate, ensure_admin_key
 from argosy.server.state import ServerState
@@ -249,10 +249,12 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
                         "seconds": t["seconds"],
                         "cost_usd": t["cost_usd"],
                         "rates": sorted({e.price_per_hour for e in spans}),
+                        "tokens": router_usage.totals(s, d.id),
                     }
                 )
             grand = totals(s) if not deployment else totals(s, deps[0].id)
-            return {"deployments": rows, "total": grand}
+            grand_tokens = router_usage.totals(s, deps[0].id if deployment else None)
+            return {"deployments": rows, "total": {**grand, "tokens": grand_tokens}}
 
     @app.get(f"{api}/providers", dependencies=[Depends(user)])
     def providers(check: bool = False, name: str | None = None) -> list[dict[str, Any]]:

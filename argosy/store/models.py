@@ -211,3 +211,26 @@ class SandboxRun(Base):
     duration_ms: Mapped[float] = mapped_column(Float)  # compile + run
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RouterUsage(Base):
+    """Token counters pulled from a deployment's router, one row per router process (its start id).
+
+    A router's counters restart at zero with the process, so each incarnation gets its own row that
+    holds its latest cumulative values: pulling twice stores the same numbers (idempotent), and a
+    restart starts a new row instead of looking like counters that went backwards.
+    """
+
+    __tablename__ = "router_usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(String(40), index=True)
+    start_id: Mapped[str] = mapped_column(String(40))
+    router_started_at: Mapped[float] = mapped_column(Float)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    by_key: Mapped[dict[str, Any]] = mapped_column(default=dict)  # key name -> {prompt_tokens, ...}
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ux_router_usage_start", "deployment_id", "start_id", unique=True),)

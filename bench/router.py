@@ -305,6 +305,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measured phase")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     ap.add_argument("--proxies", default="nginx,aiohttp,argosy", help="comma-separated subset to run")
+    ap.add_argument("--phases", default="c1,c64,sse,ssei", help="comma-separated subset of c1,c64,sse,ssei")
     ap.add_argument("--baseline", type=Path, help="directory holding an older `argosy` package to compare")
     ap.add_argument(
         "--memory-requests",
@@ -323,6 +324,7 @@ def main() -> None:
         f'wrk.method = "POST"\nwrk.body = {json.dumps(REQUEST_BODY)}\nwrk.headers["Content-Type"] = "application/json"\n'
     )
     names = [n for n in args.proxies.split(",") if n]
+    phases = set(args.phases.split(","))
     if args.baseline is not None:
         names.append("baseline")
     procs = Procs(tmp)
@@ -364,9 +366,14 @@ def main() -> None:
             order = names[rnd % len(names) :] + names[: rnd % len(names)]
             for name in order:
                 (p_static, a), (p_sse, b), (p_ssei, c) = running[name]
-                raw[name]["c1"].append(measure(name, p_static, a.pid, 1, args.duration, lua, load_cpus))
-                raw[name]["c64"].append(measure(name, p_static, a.pid, 64, args.duration, lua, load_cpus))
+                for phase, conns in (("c1", 1), ("c64", 64)):
+                    if phase in phases:
+                        raw[name][phase].append(
+                            measure(name, p_static, a.pid, conns, args.duration, lua, load_cpus)
+                        )
                 for phase, port, pid, conns in (("sse", p_sse, b.pid, 16), ("ssei", p_ssei, c.pid, 64)):
+                    if phase not in phases:
+                        continue
                     s = measure(name, port, pid, conns, args.duration, lua, load_cpus)
                     s["chunks_per_s"] = s["rps"] * (CHUNKS + 1)
                     s["cpu_us_per_chunk"] = s["cpu_s"] / max(1.0, s["requests"] * (CHUNKS + 1)) * 1e6
@@ -427,19 +434,24 @@ def report(res: dict[str, Any]) -> None:
     def ratio(x: float, y: float) -> str:
         return f"{x / y:.2f}x" if y else "n/a"
 
-    ref = med.get("nginx")
-    print(f"  {'proxy':<9} {'c64 req/s':>10} {'x nginx':>8} {'c1 p50':>8} {'added':>8} {'cpu/req':>8} "
+    ref = med.get("nginx") if "c64" in med.get("nginx", {}) and "sse" in med.get("nginx", {}) else None
+    print(f"  {'proxy':<9} {'c64 req/s':>10} {'x nginx':>8} {'c1 p50':>8} {'added':>8} {'c1 cpu':>8} {'c64 cpu':>8} "
           f"{'| SSE bursts chunks/s':>21} {'chunks/CPU-s':>13} {'| interleaved chunks/s':>22} "
           f"{'chunks/CPU-s':>13}")  # fmt: skip
+    nan = {k: float("nan") for k in ("rps", "p50", "cpu_us", "chunks_per_s", "chunks_per_cpu_s")}
     for name, m in med.items():
         if name == "direct":
             continue
-        c1, c64, s, si = m["c1"], m["c64"], m["sse"], m["ssei"]
+        c1, c64, s, si = (m.get(ph, nan) for ph in ("c1", "c64", "sse", "ssei"))
         print(f"  {name:<9} {c64['rps']:>10,.0f} {ratio(c64['rps'], ref['c64']['rps']) if ref else '':>8} "
-              f"{c1['p50'] * 1e6:>6.0f}us {(c1['p50'] - direct['p50']) * 1e6:>6.0f}us {c64['cpu_us']:>6.0f}us "
+              f"{c1['p50'] * 1e6:>6.0f}us {(c1['p50'] - direct['p50']) * 1e6:>6.0f}us {c1['cpu_us']:>6.0f}us "
+              f"{c64['cpu_us']:>6.0f}us "
               f"{s['chunks_per_s']:>21,.0f} {s['chunks_per_cpu_s']:>13,.0f} {si['chunks_per_s']:>22,.0f} "
               f"{si['chunks_per_cpu_s']:>13,.0f}")  # fmt: skip
-    print(f"  direct c=1 p50: {direct['p50'] * 1e6:.0f} us")
+    print(
+        f"  direct c=1 p50: {direct['p50'] * 1e6:.0f} us; cpu = proxy CPU per request; chunks/CPU-s = relayed SSE "
+        "chunks per second of proxy CPU (one core's capacity)"
+    )
     if "memory" in res:
         m = res["memory"]
         print(

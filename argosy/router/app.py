@@ -501,13 +501,11 @@ class Router:
     # ------------------------------------------------------------------ proxying
     def _head(self, req: Request, backend: Backend, body_len: int) -> bytes:
         pool = backend.pool
-        parts = [req.method.encode(), b" ", pool.base_path.encode(), req.target.encode("latin-1"),
-                 b" HTTP/1.1\r\nhost: ", pool.host_header, b"\r\n"]  # fmt: skip
+        parts = [req.raw_method, b" ", pool.base_path_b, req.raw_target, pool.host_line]
         for k, v in req.headers:
             if k not in _DROP_UP:
                 parts += (k, b": ", v, b"\r\n")
-        for k, v in backend.spec.headers.items():
-            parts += (k.encode(), b": ", v.encode(), b"\r\n")
+        parts.append(backend.extra_head)  # the backend's own auth headers, encoded once per table
         parts.append(b"content-length: %d\r\n\r\n" % body_len)
         return b"".join(parts)
 
@@ -661,7 +659,9 @@ class Router:
         headers = self._down_headers(up)
         if length is not None and length <= _BUFFER_LIMIT:
             try:
-                data = await up.read_all(_BUFFER_LIMIT)
+                data = up.take_complete(_BUFFER_LIMIT)
+                if data is None:
+                    data = await up.read_all(_BUFFER_LIMIT)
             except UpstreamError as exc:
                 self._record_failure(backend, str(exc))
                 raise _Failed(502, f"backend {backend.name} broke its response: {exc}", "upstream_error",

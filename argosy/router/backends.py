@@ -38,6 +38,14 @@ class Backend:
     failures: int = 0
     last_error: str | None = None
     models: list[dict[str, object]] = field(default_factory=list)
+    extra_head: bytes = b""  # spec.headers as request-header lines, encoded once
+
+    def __post_init__(self) -> None:
+        self.set_spec(self.spec)
+
+    def set_spec(self, spec: BackendSpec) -> None:
+        self.spec = spec
+        self.extra_head = b"".join(k.encode() + b": " + v.encode() + b"\r\n" for k, v in spec.headers.items())
 
     @property
     def name(self) -> str:
@@ -127,7 +135,7 @@ def build_table(specs: list[BackendSpec], old: tuple[Backend, ...] = ()) -> tupl
     for spec in specs:
         prev = by_key.get((spec.name, spec.url))
         if prev is not None:
-            prev.spec = spec  # weight, tier, limits and headers may change in place
+            prev.set_spec(spec)  # weight, tier, limits and headers may change in place
             out.append(prev)
         else:
             out.append(Backend(spec=spec, pool=Pool(spec.url)))

@@ -26,10 +26,14 @@ REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 class Request:
     """One parsed request. A plain slotted class: it is built once per request on the hot path."""
 
-    __slots__ = ("method", "target", "headers", "body", "keep_alive", "client", "path", "query")
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "client", "path", "query", "raw_target",
+                 "raw_method")  # fmt: skip
 
     def __init__(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
-                 keep_alive: bool, client: str, path: str = "", query: str = "") -> None:  # fmt: skip
+                 keep_alive: bool, client: str, path: str = "", query: str = "", raw_target: bytes = b"",
+                 raw_method: bytes = b"") -> None:  # fmt: skip
+        self.raw_target = raw_target or target.encode("latin-1")  # as received, for the upstream request line
+        self.raw_method = raw_method or method.encode("latin-1")
         self.method = method
         self.target = target  # the raw request-target: path plus query
         self.headers = headers  # names lower-cased, in arrival order
@@ -286,8 +290,11 @@ class HttpConnection(asyncio.Protocol):
         url = bytes(self._url)
         target = url.decode("latin-1")
         path, _, query = target.partition("?")
+        raw_method = self._parser.get_method()
         req = Request(
-            method=self._parser.get_method().decode("latin-1"),
+            raw_target=url,
+            raw_method=raw_method,
+            method=raw_method.decode("latin-1"),
             target=target,
             headers=self._headers,
             body=b"".join(self._body) if len(self._body) != 1 else self._body[0],

@@ -308,6 +308,19 @@ class UpstreamResponse:
     def resume(self) -> None:
         self._conn.resume()
 
+    def take_complete(self, limit: int) -> bytes | None:
+        """The whole body if it has already arrived (a small answer usually comes with its headers),
+        without a round through the coroutine machinery; None if more is to come."""
+        conn = self._conn
+        if not conn._done or conn._error is not None or conn._buffered > limit:
+            return None
+        chunks = conn._chunks
+        data = b"" if not chunks else chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        conn._buffered = 0
+        self.release()
+        return data
+
     async def read_all(self, limit: int) -> bytes:
         parts = []
         n = 0
@@ -352,6 +365,8 @@ class Pool:
         self.host_header = (self.host if default_port else f"{self.host}:{self.port}").encode()
         if ":" in self.host and not self.host.startswith("["):
             self.host_header = (f"[{self.host}]" if default_port else f"[{self.host}]:{self.port}").encode()
+        self.base_path_b = self.base_path.encode()
+        self.host_line = b" HTTP/1.1\r\nhost: " + self.host_header + b"\r\n"
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self._idle: list[_Conn] = []
         self.closed = False

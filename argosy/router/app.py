@@ -189,6 +189,7 @@ class Router:
         self.start_id = uuid.uuid4().hex
         self.started_at = time.time()
         self.usage_by_backend: dict[str, dict[str, int]] = {}
+        self.requests = 0  # proxied /v1 requests since start
         self._metrics_digests = [
             hashlib.sha256(t.encode()).digest() for t in (config.metrics_token, config.admin_token) if t
         ]
@@ -280,6 +281,7 @@ class Router:
         for u in self.usage_by_backend.values():
             for k in total:
                 total[k] += u[k]
+        total["requests"] = self.requests
         return {
             "start_id": self.start_id,
             "started_at": self.started_at,
@@ -398,6 +400,7 @@ class Router:
             await self._models(resp)
             return
         self.in_flight += 1
+        self.requests += 1
         if key is not None:
             key.in_flight += 1
             key.usage["requests"] += 1

@@ -164,6 +164,12 @@ class RouterConfig(_Strict):
             raise ValueError(f"'{v}' is not HOST:PORT like 127.0.0.1:8780")
         return v
 
+    @field_validator("metrics_auth", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `on`/`off` as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _metrics_auth_possible(self) -> RouterConfig:
         if self.metrics_auth == "on" and not (self.metrics_token or self.admin_token):

@@ -117,7 +117,8 @@ def register(app: typer.Typer) -> None:
             if spec.get("kind") == "train":  # a fine-tuning run: no engine, runs to completion
                 from argosy.train.workload import prepare_train
 
-                return prepare_train(spec, progress)
+                # A node apart from the server fetches inputs and uploads output with its key.
+                return prepare_train(spec, progress, settings.home, server_url, token)
             return prepare_workload(spec, port, settings, progress, host=address)
 
         unknown = sorted(set(role) - {"sandbox"})

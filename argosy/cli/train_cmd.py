@@ -261,6 +261,12 @@ def register(app: typer.Typer) -> None:
         share_node: bool = typer.Option(
             False, "--share-node", help="May run beside other sharing jobs on one GPU/node."
         ),
+        node: str = typer.Option(
+            None,
+            "--node",
+            help="Run on this node (name or id), e.g. a machine enrolled with `argosy agent`; "
+            "inputs are shipped to it and the output comes back.",
+        ),
         wait: bool = typer.Option(
             False, "--wait", help="Follow the job to its end; exit non-zero if it fails."
         ),
@@ -300,6 +306,7 @@ def register(app: typer.Typer) -> None:
             "gpu": gpu,
             "priority": priority,
             "share_node": share_node,
+            "node": node,
         }
         job = dict(client.request("POST", "/train/jobs", json=body))
         if output != "json":

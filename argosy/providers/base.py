@@ -7,6 +7,8 @@
   `argosy catalog refresh` uses these (see `argosy.providers.price_sources`).
 - `SpotNotice`: how a node learns, from the inside, that its spot VM is about to be reclaimed.
 - `Preflight`: are credentials, tools and quotas in place; each failed check carries a `fix`.
+- `SharedFilesystem`: the provider's nodes see the server's filesystem (the same machine), so a
+  workload may use the server's paths directly instead of having its inputs and output shipped.
 
 `plan()` is pure: it renders the exact payload a provider will receive, so it can be printed
 (`--dry-run`) and unit-tested byte for byte. Only `provision`/`deploy`/`terminate`/`destroy` act.
@@ -160,3 +162,11 @@ class Preflight(Protocol):
     name: str
 
     def preflight(self) -> list[CheckResult]: ...
+
+
+@runtime_checkable
+class SharedFilesystem(Protocol):
+    """Nodes of this provider read and write the server's own paths (e.g. `local`). Without this,
+    a training job's dataset and base model are fetched by the node and its output uploaded back."""
+
+    shares_server_filesystem: bool

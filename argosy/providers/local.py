@@ -23,6 +23,8 @@ INSTANCE_ID = "local"
 
 class LocalProvider:
     name = "local"
+    # Its one node is this machine, with this ARGOSY_HOME: jobs use the server's paths as they are.
+    shares_server_filesystem = True
 
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.settings = settings

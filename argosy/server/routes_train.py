@@ -2,13 +2,16 @@
 cancel, resume, rerun, metrics, live progress over SSE, report). Thin: the work is in argosy.train.
 
 The server mounts `router` behind its auth and calls `attach(app, state)` so the handlers reach the
-store, settings, clock and providers of this server.
+store, settings, clock and providers of this server. `attach` also mounts `agent_router`: what a
+node apart from the server calls with its own (node-scoped) agent key to fetch a job's inputs and
+upload its output (argosy/train/remote.py is the other side).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -23,10 +26,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from argosy.core.errors import ArgosyError, NotFoundError
+from argosy.core.errors import ArgosyError, ConflictError, NotFoundError
+from argosy.server.auth import authenticate
 from argosy.store.models import Event, TrainJob, TrainMetric
-from argosy.train import datasets
+from argosy.train import datasets, transfer
 from argosy.train import jobs as job_svc
+from argosy.train.reconciler import job_of, workload_id
 
 router = fastapi.APIRouter(prefix="/api/v1/train", tags=["train"])
 
@@ -35,6 +40,9 @@ UPLOAD_CHUNK = 1 << 20
 
 def attach(app: fastapi.FastAPI, state: Any) -> None:
     app.state.train_state = state
+    if not hasattr(app.state, "train_upload_max_bytes"):
+        app.state.train_upload_max_bytes = transfer.DEFAULT_MAX_OUTPUT_BYTES
+    app.include_router(agent_router)  # its own auth: node-scoped agent keys, not user keys
 
 
 def _state(request: Request) -> Any:
@@ -169,6 +177,7 @@ class TrainBody(BaseModel):
     priority: int = Field(0, ge=-1000, le=1000)
     share_node: bool = False
     max_attempts: int = Field(3, ge=1, le=20)
+    node: str | None = None
 
 
 class RerunBody(BaseModel):
@@ -195,6 +204,7 @@ def submit_job(request: Request, body: TrainBody) -> dict[str, Any]:
         priority=body.priority,
         share_node=body.share_node,
         max_attempts=body.max_attempts,
+        node=body.node,
     )
     with st.store.session() as s:
         job = job_svc.submit(s, req, st.settings, st.provider, st.clock.now())
@@ -325,3 +335,137 @@ async def job_events_stream(
             await asyncio.sleep(interval)
 
     return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# -- the node side of remote jobs (agent keys) -----------------------------------------------------
+agent_router = fastapi.APIRouter(prefix="/api/v1/agents", tags=["train-agent"])
+
+
+def _agent_job(request: Request, node_id: str, job_id: str) -> dict[str, Any]:
+    """The job, if the caller is `node_id`'s agent (or an admin) and the job is placed on that node."""
+    st = _state(request)
+    key = authenticate(st.store, request, ("agent", "admin"))
+    if key.role == "agent" and key.node_id != node_id:
+        raise transfer.ForbiddenError(
+            "this agent key belongs to another node", fix="each node calls with its own agent key"
+        )
+    with st.store.session() as s:
+        job = s.get(TrainJob, job_id)
+        if job is None or job.node_id != node_id or job.state not in job_svc.ON_NODE_STATES:
+            raise transfer.ForbiddenError(
+                f"job {job_id} is not placed on node {node_id}",
+                fix="a node gets the inputs of, and uploads the output of, only the jobs placed on it",
+            )
+        return {
+            "id": job.id,
+            "wid": workload_id(job),
+            "base_model": job.base_model,
+            "dataset": job.dataset,
+            "job_dir": str(job.spec.get("output_dir", "")),
+        }
+
+
+def _model_dir(job: dict[str, Any]) -> Path | None:
+    p = Path(job["base_model"])
+    return p if p.is_absolute() and p.is_dir() else None
+
+
+@agent_router.get("/{node_id}/train/{job_id}/inputs")
+async def job_inputs(request: Request, node_id: str, job_id: str) -> dict[str, Any]:
+    """What the node must fetch: the dataset by digest, the base model as a tar by content hash (or a
+    hub id, which the node resolves itself)."""
+    st = _state(request)
+    job = _agent_job(request, node_id, job_id)
+    data = datasets.resolve(st.settings.home, job["dataset"])
+    model = _model_dir(job)
+    if model is None:
+        base: dict[str, Any] = {"kind": "hub", "id": job["base_model"]}
+    else:
+        sha, size = await asyncio.to_thread(transfer.model_digest, st.settings.home, model)
+        base = {"kind": "tar", "sha256": sha, "bytes": size, "name": model.name}
+    return {
+        "dataset": {"digest": data.stem, "bytes": data.stat().st_size},
+        "base_model": base,
+    }
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while block := f.read(transfer.CHUNK):
+            yield block
+
+
+@agent_router.get("/{node_id}/train/{job_id}/dataset")
+def job_dataset(request: Request, node_id: str, job_id: str) -> StreamingResponse:
+    st = _state(request)
+    job = _agent_job(request, node_id, job_id)
+    path = datasets.resolve(st.settings.home, job["dataset"])
+    headers = {"Content-Length": str(path.stat().st_size), "X-Argosy-Sha256": path.stem}
+    return StreamingResponse(_file_chunks(path), media_type="application/x-ndjson", headers=headers)
+
+
+@agent_router.get("/{node_id}/train/{job_id}/base-model")
+async def job_base_model(request: Request, node_id: str, job_id: str) -> StreamingResponse:
+    st = _state(request)
+    job = _agent_job(request, node_id, job_id)
+    model = _model_dir(job)
+    if model is None:
+        raise NotFoundError(
+            f"base model '{job['base_model']}' is not a directory on the server",
+            fix="a hub id is downloaded by the node itself",
+        )
+    sha, size = await asyncio.to_thread(transfer.model_digest, st.settings.home, model)
+    headers = {"Content-Length": str(size), "X-Argosy-Sha256": sha}
+    body = transfer.tar_stream(transfer.tree_members(model))
+    return StreamingResponse(body, media_type="application/x-tar", headers=headers)
+
+
+@agent_router.put("/{node_id}/train/{wid}/output")
+async def job_output(request: Request, node_id: str, wid: str) -> dict[str, Any]:
+    """The node's output/, emissions.json and progress.jsonl as a tar, streamed to a spool file on the
+    server, capped, and checked against the announced size and sha256 before anything is installed."""
+    st = _state(request)
+    job = _agent_job(request, node_id, job_of(wid))
+    if job["wid"] != wid:
+        raise ConflictError(
+            f"workload {wid} is not the job's current attempt ({job['wid']})",
+            fix="nothing to do: the current attempt uploads its own output",
+        )
+    cap = int(request.app.state.train_upload_max_bytes)
+    try:
+        declared = int(request.headers["x-argosy-size"])
+        sha = str(request.headers["x-argosy-sha256"]).lower()
+    except (KeyError, ValueError) as exc:
+        raise ArgosyError(
+            "an output upload needs X-Argosy-Size and X-Argosy-Sha256 headers",
+            fix="upload with the agent (argosy.train.remote)",
+        ) from exc
+    too_big = transfer.TooLargeError(
+        f"the output is larger than the server's {cap} byte limit for uploads",
+        fix="raise the limit on the server, or train an adapter (--method lora) instead of a full model",
+    )
+    if declared > cap:
+        raise too_big
+    job_dir = Path(job["job_dir"])
+    spool = await asyncio.to_thread(transfer.spool_file, job_dir)
+    try:
+        h, size = hashlib.sha256(), 0
+        with spool.open("wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap or size > declared:
+                    raise (
+                        too_big
+                        if size > cap
+                        else transfer.TransferError(
+                            f"the output upload is longer than its announced {declared} bytes",
+                            fix="nothing was kept; the agent retries",
+                        )
+                    )
+                h.update(chunk)
+                out.write(chunk)
+        return await asyncio.to_thread(
+            transfer.accept_output, spool, job_dir, wid, sha, declared, h.hexdigest(), size, st.clock.now()
+        )
+    finally:
+        transfer.remove(spool)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -27,10 +28,10 @@ from argosy.core.errors import ArgosyError, ConflictError, NotFoundError, did_yo
 from argosy.core.ids import new_id, valid_name
 from argosy.placement import PlacementRequest, place
 from argosy.placement.types import NoPlacementError
-from argosy.providers.base import Instances, Offerings, Preflight
+from argosy.providers.base import Instances, Offerings, Preflight, SharedFilesystem
 from argosy.providers.registry import PROVIDERS
 from argosy.serve.reconciler import offering_dict
-from argosy.store.models import Event, LedgerEntry, RegisteredModel, TrainJob, TrainMetric
+from argosy.store.models import Event, LedgerEntry, Node, RegisteredModel, TrainJob, TrainMetric
 from argosy.train import datasets
 
 STATES = ("queued", "placing", "running", "saving", "succeeded", "failed", "cancelled")
@@ -50,6 +51,8 @@ MACHINE_FIELDS = (
 )
 # The fake provider's made-up prices must never win a real placement (as for deployments).
 NEVER_IMPLICIT = frozenset({"fake"})
+# A Hugging Face Hub id ("org/name"): passed through for a node apart from the server to download.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -63,6 +66,7 @@ class TrainRequest:
     priority: int = 0
     share_node: bool = False
     max_attempts: int = 3
+    node: str | None = None  # run on this node (name or id), e.g. a machine enrolled by hand
 
 
 # -- events and the ledger ------------------------------------------------------------------------
@@ -341,6 +345,62 @@ def _largest(offerings: list[Offering]) -> str:
     return " and ".join(parts) or "no machines at all (no provider is set up: `argosy check`)"
 
 
+def find_node(s: Session, ref: str) -> Node:
+    """A live node by id or name (the newest of that name)."""
+    node = s.get(Node, ref)
+    if node is None:
+        node = s.scalars(
+            select(Node)
+            .where(Node.name == ref, Node.status.notin_(("terminated", "failed")))
+            .order_by(Node.created_at.desc())
+        ).first()
+    if node is None or node.status in ("terminated", "failed"):
+        names = [n.name for n in s.scalars(select(Node).where(Node.status.notin_(("terminated", "failed"))))]
+        near = did_you_mean(ref, names) if names else None
+        raise NotFoundError(
+            f"no live node '{ref}'" + (f"; did you mean '{near}'?" if near else ""),
+            fix="`argosy nodes` lists them; enrol a machine with `argosy agent --server URL --token KEY`",
+        )
+    return node
+
+
+def node_offering(node: Node) -> Offering:
+    """What a node that exists already offers a job: its own offering if Argosy provisioned it, else
+    (a machine enrolled by hand) what its agent reported: GPUs, RAM, CPUs; no price known."""
+    if node.offering:
+        from argosy.serve.reconciler import offering_from
+
+        o = offering_from(node.offering)
+        return replace(o, extra={**o.extra, "node_id": node.id})
+    res = node.resources or {}
+    gpus = [g for g in res.get("gpus") or [] if isinstance(g, dict)]
+    gpu = None
+    if gpus:
+        with contextlib.suppress(ArgosyError):
+            gpu = load_gpus().resolve(str(gpus[0].get("name", "")), gpus[0].get("memory_gb"))
+    return Offering(
+        provider=node.provider,
+        region=node.region or node.provider,
+        instance_type=node.name,
+        gpu=gpu,
+        gpu_count=len(gpus) if gpu else 0,
+        kind="vm",
+        price_per_hour=node.price_per_hour,
+        vcpus=res.get("cpus"),
+        ram_gb=res.get("ram_gb"),
+        source=f"node {node.name}, as its agent reported it",
+        extra={"node_id": node.id},
+    )
+
+
+def shares_filesystem(node: Node, provider_for: Callable[[str], Any]) -> bool:
+    try:
+        p = provider_for(node.provider)
+    except ArgosyError:
+        return False
+    return isinstance(p, SharedFilesystem) and bool(p.shares_server_filesystem)
+
+
 def default_name(base: Path, job_id: str) -> str:
     stem = "".join(c if c.isalnum() else "-" for c in base.name.lower()).strip("-")[:30] or "model"
     return f"{stem}-ft-{job_id[-6:]}"
@@ -363,7 +423,18 @@ def submit(
     if not 1 <= req.max_attempts <= 20:
         raise ArgosyError(f"max_attempts must be between 1 and 20, not {req.max_attempts}")
     check_params(req.params)
-    base, cfg = check_base_model(req.base_model)
+    node = find_node(s, req.node) if req.node else None
+    hub = (
+        node is not None
+        and not shares_filesystem(node, provider_for)
+        and not Path(req.base_model).expanduser().exists()
+        and HUB_ID.match(req.base_model) is not None
+    )
+    cfg: dict[str, Any] | None = None
+    if hub:  # the node downloads it (it needs internet); the server has no copy to check or size
+        base = Path(req.base_model)
+    else:
+        base, cfg = check_base_model(req.base_model)
     try:
         dataset_path = datasets.resolve(settings.home, req.dataset)
     except datasets.DatasetError as exc:
@@ -382,8 +453,23 @@ def submit(
     out = job_dir(settings, job_id)
     # Values first (a bad --lr should not be reported as "does not fit"), with placeholder carbon.
     build_spec(job_id, base, dataset_path, req.params, out, {})
-    need = memory_needed_gb(cfg, req.params)
-    offering, explanation = choose_offering(need, req.gpu, settings, provider_for, req.provider)
+    need = memory_needed_gb(cfg, req.params) if cfg is not None else 0.0
+    if node is not None:
+        offering = node_offering(node)
+        if cfg is not None and not _fits(offering, need):
+            raise ArgosyError(
+                f"this job cannot fit on node {node.name}: training needs about {need:.1f} GB and "
+                f"the node has {_largest([offering])}",
+                fix="use --method lora, lower --batch-size or --max-seq-len, or choose another --node",
+            )
+        explanation = [f"on node {node.name} (asked for with --node)"]
+        if hub:
+            explanation.append(
+                f"{req.base_model} is a hub id: node {node.name} downloads it (it needs internet); "
+                "its training memory was not estimated"
+            )
+    else:
+        offering, explanation = choose_offering(need, req.gpu, settings, provider_for, req.provider)
     method = str(req.params.get("method", "lora"))
     if method == "qlora" and not offering.gpu:
         raise ArgosyError(
@@ -394,12 +480,12 @@ def submit(
     job = TrainJob(
         id=job_id,
         name=name,
-        base_model=str(base),
+        base_model=req.base_model if hub else str(base),
         dataset=dataset_path.stem,
         method=method,
         state="new",
         priority=req.priority,
-        provider=req.provider,
+        provider=node.provider if node is not None else req.provider,
         gpu=req.gpu,
         share_node=req.share_node,
         spec=spec,
@@ -508,6 +594,7 @@ def rerun(
             priority=old.priority if priority is None else priority,
             share_node=old.share_node,
             max_attempts=old.max_attempts,
+            node=((old.offering or {}).get("extra") or {}).get("node_id"),
         ),
         settings,
         provider_for,
@@ -624,6 +711,7 @@ def describe(s: Session, job: TrainJob) -> dict[str, Any]:
         "offering": job.offering,
         "memory_gb": job.memory_gb,
         "node_id": job.node_id,
+        "remote": bool(prog.get("remote")),  # runs on a node apart from the server (inputs shipped)
         "attempt": job.attempt,
         "crashes": prog.get("crashes", 0),
         "max_attempts": job.max_attempts,

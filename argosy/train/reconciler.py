@@ -12,6 +12,12 @@ run (`TrainWorkloads.desired`), and reports runner state and new lines of progre
 `TrainWorkloads.ingest` stores (TrainMetric per step). A runner that crashes is started again under
 a new workload id (`<job>.<attempt>`), up to the job's `max_attempts`, and resumes from its newest
 checkpoint; a job whose node is lost (or the server restarted) is queued again and resumes too.
+
+Nodes that do not share the server's filesystem (no `SharedFilesystem` capability on their
+provider; a machine enrolled by hand) get `remote` workloads: the node fetches the inputs and uploads
+the output (argosy/train/remote.py), and a job succeeds only once that upload has been accepted
+into the job's dir on the server (argosy/train/transfer.py). Checkpoints stay on the node, so a
+job that lands on a different node than before starts over, and its events say so.
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ from argosy.core.clock import Clock
 from argosy.core.errors import ArgosyError, CapacityError, ProviderError
 from argosy.core.ids import new_id
 from argosy.fleet.nodes import live_node_for_instance
-from argosy.providers.base import InstanceRequest, Instances
+from argosy.providers.base import InstanceRequest, Instances, SharedFilesystem
 from argosy.serve.reconciler import offering_from
 from argosy.store.db import Store
 from argosy.store.events import note as node_note
 from argosy.store.events import transition as node_transition
 from argosy.store.keys import create_key, revoke_node_keys
 from argosy.store.models import Node, TrainJob, TrainMetric
+from argosy.train import transfer
 from argosy.train.jobs import (
     ACTIVE_STATES,
     ON_NODE_STATES,
@@ -52,6 +59,7 @@ log = logging.getLogger(__name__)
 DEAD_NODE_STATES = ("terminated", "failed", "preempted")
 # Exit codes of the runner (the trainer contract): 2 bad input, 3 disk full; these are not retried.
 EXIT_BAD_INPUT, EXIT_DISK_FULL = 2, 3
+EXIT_TRANSFER = 4  # a remote node could not move the inputs or the output (argosy/train/remote.py)
 MAX_PROGRESS_LINES_PER_BEAT = 2000
 
 
@@ -69,6 +77,11 @@ def workload_id(job: TrainJob) -> str:
 
 def job_of(wid: str) -> str:
     return wid.rsplit(".", 1)[0]
+
+
+def pinned_node(job: TrainJob) -> str | None:
+    """The node a job was submitted to (`--node`), if any."""
+    return ((job.offering or {}).get("extra") or {}).get("node_id") or None
 
 
 def slots_of(node: Node) -> int:
@@ -124,6 +137,9 @@ class TrainReconciler:
     def _place(self, s: Session, job: TrainJob) -> bool:
         """Give the job a node (an existing one with a free slot, or a new one). False if it must wait."""
         now = self.clock.now()
+        pinned = pinned_node(job)
+        if pinned:
+            return self._place_pinned(s, job, pinned, now)
         offering = offering_from(job.offering)
         provider = self.providers(offering.provider)
         if not isinstance(provider, Instances):
@@ -139,18 +155,7 @@ class TrainReconciler:
         fixed_id = plan.payload.get("instance_id")
         node = live_node_for_instance(s, provider.name, fixed_id) if fixed_id else None
         if node is not None:
-            busy = s.scalars(
-                select(TrainJob).where(TrainJob.node_id == node.id, TrainJob.state.in_(ON_NODE_STATES))
-            ).all()
-            exclusive = [j for j in busy if not (j.share_node and job.share_node)]
-            if len(exclusive) >= slots_of(node):
-                why = (
-                    f"waiting for a free slot on node {node.name}: "
-                    f"{', '.join(j.id for j in busy)} running ({slots_of(node)} slot(s))"
-                )
-                if job.reason != why:
-                    note(s, job, why, now)
-                    job.reason = why
+            if not self._free_slot(s, job, node, now):
                 return False
         else:
             node = Node(
@@ -193,12 +198,74 @@ class TrainReconciler:
             node_note(
                 s, "node", node.id, "provisioning", f"provisioned {inst.instance_id} for job {job.id}", now
             )
+        self._bind(s, job, node, f"placed on {offering.key} (node {node.name})", now)
+        return True
+
+    def _free_slot(self, s: Session, job: TrainJob, node: Node, now: float) -> bool:
+        busy = s.scalars(
+            select(TrainJob).where(TrainJob.node_id == node.id, TrainJob.state.in_(ON_NODE_STATES))
+        ).all()
+        exclusive = [j for j in busy if not (j.share_node and job.share_node)]
+        if len(exclusive) < slots_of(node):
+            return True
+        self._wait(
+            s,
+            job,
+            f"waiting for a free slot on node {node.name}: "
+            f"{', '.join(j.id for j in busy)} running ({slots_of(node)} slot(s))",
+            now,
+        )
+        return False
+
+    def _wait(self, s: Session, job: TrainJob, why: str, now: float) -> None:
+        if job.reason != why:
+            note(s, job, why, now)
+            job.reason = why
+
+    def _place_pinned(self, s: Session, job: TrainJob, node_id: str, now: float) -> bool:
+        """A job submitted to one node (`--node`) waits for that node; nothing is provisioned."""
+        node = s.get(Node, node_id)
+        if node is None or node.status in ("terminated", "failed"):
+            transition(
+                s,
+                job,
+                "failed",
+                f"its node {node.name if node else node_id} is gone" + (f" ({node.status})" if node else ""),
+                now,
+            )
+            return True
+        if node.status != "ready":
+            self._wait(s, job, f"waiting for node {node.name} ({node.status})", now)
+            return False
+        if not self._free_slot(s, job, node, now):
+            return False
+        self._bind(s, job, node, f"placed on node {node.name} (asked for by name)", now)
+        return True
+
+    def shares_filesystem(self, node: Node) -> bool:
+        """Does `node` see the server's paths? Only if its provider says so (a capability)."""
+        try:
+            p = self.providers(node.provider)
+        except ArgosyError:  # e.g. "manual": enrolled by hand, somewhere else
+            return False
+        return isinstance(p, SharedFilesystem) and bool(p.shares_server_filesystem)
+
+    def _bind(self, s: Session, job: TrainJob, node: Node, why: str, now: float) -> None:
+        prog = dict(job.progress or {})
+        remote = not self.shares_filesystem(node)
+        moved = remote and prog.get("remote_node") not in (None, node.id)
+        if moved:
+            # Its checkpoints and progress file stayed on the old node: this node begins at step 0.
+            prog.update(checkpoint=None, step=None, eval=None, start=None)
+            job.progress_offset = 0
+            why += f"; starts from scratch (its checkpoints stayed on node {prog['remote_node']})"
+        prog.update(remote=remote, remote_node=node.id if remote else None)
+        job.progress = prog
         job.node_id = node.id
         job.attempt += 1
         job.workload = {}
         job.billed_until = now
-        transition(s, job, "placing", f"placed on {offering.key} (node {node.name})", now)
-        return True
+        transition(s, job, "placing", why, now)
 
     # -- one placed job --------------------------------------------------------------------------
     def _step(self, s: Session, job: TrainJob) -> None:
@@ -250,13 +317,29 @@ class TrainReconciler:
             transition(s, job, "failed", work.get("message") or "the agent could not start the runner", now)
             return
         if code == 0:
+            remote = bool(prog.get("remote"))
+            receipt = None
+            if remote:  # the output counts once the node's upload was accepted on the server
+                receipt = transfer.read_receipt(Path(str(job.spec.get("output_dir", ""))), workload_id(job))
+                if receipt is not None and not prog.get("done"):  # the upload carried progress.jsonl
+                    pairs = transfer.progress_pairs(Path(str(receipt["path"])).parent / "progress.jsonl")
+                    ingest_progress(s, job, pairs, now)
+                    prog = dict(job.progress or {})
             done = prog.get("done")
-            if not done:
+            if not done or (remote and receipt is None):
                 since = float(work.get("since") or now)
                 if now - since > self.timeouts.done_grace_s:
-                    transition(s, job, "failed", "the runner exited 0 but never reported its output", now)
+                    why = (
+                        "the runner finished on the node but its output never reached the server"
+                        if done
+                        else "the runner exited 0 but never reported its output"
+                    )
+                    transition(s, job, "failed", why + "; no model was registered", now)
                 return
-            path, kind = Path(str(done.get("output", ""))), str(done.get("kind", "adapter"))
+            if receipt is not None:
+                path, kind = Path(str(receipt["path"])), str(receipt["kind"])
+            else:
+                path, kind = Path(str(done.get("output", ""))), str(done.get("kind", "adapter"))
             problem = output_complete(path, kind)
             if problem:
                 transition(
@@ -276,7 +359,7 @@ class TrainReconciler:
             )
             return
         message = err.get("message") or work.get("message") or f"the runner exited with code {code}"
-        if code in (EXIT_BAD_INPUT, EXIT_DISK_FULL):
+        if code in (EXIT_BAD_INPUT, EXIT_DISK_FULL, EXIT_TRANSFER):
             fix = f" (fix: {err['fix']})" if err.get("fix") else ""
             transition(s, job, "failed", message + fix, now)
             return
@@ -307,8 +390,13 @@ class TrainReconciler:
             job.reason, job.state_changed_at = why, now
 
     def _requeue(self, s: Session, job: TrainJob, why: str, now: float) -> None:
-        ck = (job.progress or {}).get("checkpoint")
+        prog = job.progress or {}
+        ck = prog.get("checkpoint")
         where = f"resumes from checkpoint step {ck['step']}" if ck else "starts over (no checkpoint yet)"
+        if prog.get("remote") and ck and not pinned_node(job):
+            where = "starts over on a new node (its checkpoints stayed on the lost one)"
+        elif prog.get("remote") and ck:
+            where = f"resumes from checkpoint step {ck['step']} when its node is back"
         job.node_id, job.workload = None, {}
         job.progress = {**(job.progress or {}), "saving": False, "done": None, "error": None}
         transition(s, job, "queued", f"{why}; queued again, {where}", now)
@@ -332,7 +420,13 @@ class TrainWorkloads:
         jobs = s.scalars(
             select(TrainJob).where(TrainJob.node_id == node.id, TrainJob.state.in_(ON_NODE_STATES))
         )
-        return [{"id": workload_id(j), "kind": "train", "job_id": j.id, "spec": j.spec} for j in jobs]
+        out = []
+        for j in jobs:
+            w: dict[str, Any] = {"id": workload_id(j), "kind": "train", "job_id": j.id, "spec": j.spec}
+            if (j.progress or {}).get("remote"):  # the node fetches inputs and uploads the output
+                w.update(remote=True, node_id=node.id)
+            out.append(w)
+        return out
 
     def ingest(self, s: Session, node: Node, report: dict[str, Any], now: float, logs_dir: Path) -> None:
         jobs: dict[str, TrainJob | None] = {}

@@ -64,6 +64,9 @@ class World:
         self.clock = FakeClock()
         self.store = Store(db)
         self.fake = FakeProvider(settings, self.clock)
+        # The scripted runner writes its output at the server's paths: these fake nodes share the
+        # server's filesystem (remote nodes, which ship inputs and upload output, are test_remote.py).
+        self.fake.shares_server_filesystem = True
         self.local = LocalProvider(settings, self.clock)
         self.rec = TrainReconciler(self.store, self.clock, self.provider, "http://server")
         self.source = TrainWorkloads()

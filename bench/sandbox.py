@@ -3,11 +3,15 @@
     python bench/sandbox.py [--n 40] [--json]
 
 For `print(1)` in Python: the wall time from asking to having the result, for
-  raw   - subprocess.run(['python3', '-c', 'print(1)']) on the host, no isolation;
-  cold  - LocalRunner.execute on the namespaces backend, building the sandbox per request;
-  warm  - the same with a pre-warmed pool (the pool refills between requests, off the clock).
-Samples are interleaved (raw, cold, warm, raw, ...) so load drift on a shared machine hits all
-three alike. Also: executions/s run back to back, and how far past its deadline a CPU spinner is
+  raw         - subprocess.run(['python3', '-c', 'print(1)']) on the host, no isolation;
+  cold        - LocalRunner.execute on the namespaces backend, building the sandbox per request
+                (the run step is the Python zygote: no /bin/sh, no prlimit exec);
+  warm        - the same with a pre-warmed pool, whose sandboxes have their interpreter started
+                (the pool refills between requests, off the clock);
+  cold_plain, warm_plain - the same with the zygote off (ARGOSY_SANDBOX_ZYGOTE=0):
+                /bin/sh -> prlimit -> python3 -u main.py, as for every other language.
+Samples are interleaved (raw, cold, warm, ..., raw, ...) so load drift on a shared machine hits
+all alike; the load average is printed with them. Also: executions/s run back to back, and how far past its deadline a CPU spinner is
 killed. Medians and ratios; the issue's targets are p50 overhead <= 30 ms cold, <= 5 ms warm.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -67,10 +72,16 @@ def main() -> None:
     base = default_base_dir().parent / f"argosy-bench-{uuid.uuid4().hex[:8]}"
     cold = LocalRunner(SandboxConfig(base_dir=base / "cold", max_concurrent=4))
     warm = LocalRunner(SandboxConfig(base_dir=base / "warm", max_concurrent=4, pool={"python": 2}))
+    cold_plain = LocalRunner(SandboxConfig(base_dir=base / "coldp", max_concurrent=4, zygote=False))
+    warm_plain = LocalRunner(
+        SandboxConfig(base_dir=base / "warmp", max_concurrent=4, pool={"python": 2}, zygote=False)
+    )
     warm.start_background()
+    warm_plain.start_background()
     req = ExecRequest(language="python", code="print(1)")
-    samples: dict[str, list[float]] = {"raw": [], "cold": [], "warm": []}
+    samples: dict[str, list[float]] = {k: [] for k in ("raw", "cold", "warm", "cold_plain", "warm_plain")}
     warm_hits = 0
+    load_before = os.getloadavg()
     try:
         for _ in range(3):  # page cache, toolchain version, seccomp filter
             subprocess.run([PYTHON, "-c", "print(1)"], capture_output=True, check=True)
@@ -90,6 +101,15 @@ def main() -> None:
             samples["warm"].append(_ms(t0))
             warm_hits += res.warm
             assert res.stdout == "1\n", res
+            t0 = time.perf_counter()
+            res = cold_plain.execute(req)
+            samples["cold_plain"].append(_ms(t0))
+            assert res.stdout == "1\n", res
+            wait_for(warm_plain.pool.filled, 30)
+            t0 = time.perf_counter()
+            res = warm_plain.execute(req)
+            samples["warm_plain"].append(_ms(t0))
+            assert res.stdout == "1\n" and res.warm, res
 
         throughput: dict[str, float] = {}
         k = max(10, args.n // 2)
@@ -112,8 +132,8 @@ def main() -> None:
             assert res.timed_out
             overshoot.append(res.duration_ms - 300)
     finally:
-        cold.close()
-        warm.close()
+        for r in (cold, warm, cold_plain, warm_plain):
+            r.close()
         shutil.rmtree(base, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in samples.items()}
@@ -122,11 +142,9 @@ def main() -> None:
         "n": args.n,
         "median_ms": {k: round(v, 2) for k, v in med.items()},
         "p90_ms": {k: round(v, 2) for k, v in p90.items()},
-        "overhead_ms": {
-            "cold": round(med["cold"] - med["raw"], 2),
-            "warm": round(med["warm"] - med["raw"], 2),
-        },
-        "ratio": {"cold": round(med["cold"] / med["raw"], 2), "warm": round(med["warm"] / med["raw"], 2)},
+        "overhead_ms": {k: round(med[k] - med["raw"], 2) for k in med if k != "raw"},
+        "ratio": {k: round(med[k] / med["raw"], 2) for k in med if k != "raw"},
+        "load_average": [round(x, 2) for x in load_before] + [round(os.getloadavg()[0], 2)],
         "warm_hits": f"{warm_hits}/{args.n}",
         "executions_per_s": {k: round(v, 1) for k, v in throughput.items()},
         "kill_overshoot_ms_median": round(statistics.median(overshoot), 2),
@@ -137,11 +155,14 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"print(1) in Python, n={args.n}, interleaved; times are request -> result")
-    print(f"{'':6} {'median ms':>10} {'p90 ms':>8} {'overhead':>9} {'ratio':>6} {'exec/s':>7}")
-    for k in ("raw", "cold", "warm"):
+    print(f"{'':10} {'median ms':>10} {'p90 ms':>8} {'overhead':>9} {'ratio':>6} {'exec/s':>7}")
+    for k in med:
         over = "" if k == "raw" else f"{report['overhead_ms'][k]:+.1f}"
         ratio = "1.00" if k == "raw" else f"{report['ratio'][k]:.2f}"
-        print(f"{k:6} {med[k]:10.1f} {p90[k]:8.1f} {over:>9} {ratio:>6} {throughput[k]:7.1f}")
+        tput = f"{throughput[k]:7.1f}" if k in throughput else f"{'-':>7}"
+        print(f"{k:10} {med[k]:10.1f} {p90[k]:8.1f} {over:>9} {ratio:>6} {tput}")
+    la = report["load_average"]
+    print(f"load average (1, 5, 15 min) at start: {la[0]}, {la[1]}, {la[2]}; 1 min at end: {la[3]}")
     print(f"warm pool hits: {report['warm_hits']}")
     print(
         f"CPU spinner killed past its 300 ms deadline by: median {report['kill_overshoot_ms_median']} ms, max {report['kill_overshoot_ms_max']} ms"

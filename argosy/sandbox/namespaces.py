@@ -48,6 +48,7 @@ from argosy.sandbox.errors import BackendUnavailableError, SandboxError
 from argosy.sandbox.languages import SANDBOX_PATH, Limits
 
 INSIDE_UID = 65534
+PLACEHOLDER_LIMITS = Limits(10_000, 256, 1, 1, 64, 64)  # a pooled sandbox's cgroup until its request
 WORK = "/work"
 CTL = "/run/argosy"  # read-only inside: the command script and stdin, written by the agent
 READ_CHUNK = 65536
@@ -102,6 +103,7 @@ class Prepared:
     # A zygote sandbox (zygote.py): already running an interpreter that waits on `block_w`; a
     # request's argv loses this many leading items (the interpreter and its flags).
     zygote_skip: int = 0
+    cg_limits: Limits | None = None  # the limits the cgroup already has, if prepare() knew them
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -139,14 +141,17 @@ class Prepared:
         if stdin is not None:
             (self.ctl_dir / "stdin").write_bytes(stdin)
             (self.ctl_dir / "stdin").chmod(0o644)
-        req = {
-            "argv": argv,
-            "env": {**BASE_ENV, **env, "PWD": WORK},  # PWD: what /bin/sh would have exported
-            "stdin": f"{CTL}/stdin" if stdin is not None else "/dev/null",
-            "rlimits": self.backend._rlimit_values(self, limits),
-        }
-        path = self.ctl_dir / "run.json"
-        path.write_text(json.dumps(req))
+        from argosy.sandbox.zygote import encode_request
+
+        path = self.ctl_dir / "run.req"
+        path.write_bytes(
+            encode_request(
+                argv,
+                {**BASE_ENV, **env, "PWD": WORK},  # PWD: what /bin/sh would have exported
+                self.backend._rlimit_values(self, limits),
+                f"{CTL}/stdin" if stdin is not None else "/dev/null",
+            )
+        )
         path.chmod(0o644)
 
     def _write_command(self, argv: list[str], env: dict[str, str], stdin: bytes | None) -> None:
@@ -202,12 +207,13 @@ class Prepared:
                         truncated = True
                 if truncated:
                     break  # an output flood: stop it now rather than read (and discard) until the deadline
-            if not timed_out and not truncated:
-                # Both pipes closed; the process may still be running (it closed them itself).
-                try:
-                    self.proc.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    timed_out = True
+            # Both pipes closed; the process may still be running (it closed them itself).
+            if (
+                not timed_out
+                and not truncated
+                and not _wait_exit(self.proc, max(0.0, deadline - time.monotonic()))
+            ):
+                timed_out = True
         finally:
             sel.close()
             if timed_out or truncated or self.proc.poll() is None:
@@ -250,8 +256,8 @@ class Prepared:
         self.closed = True
         if self.proc.poll() is None:
             self.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+        if _wait_exit(self.proc, 5):
+            self.proc.wait()
         for f in (self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
@@ -274,6 +280,8 @@ class NamespacesBackend:
         self.cgroups = cgroups.detect()
         self.is_root = os.geteuid() == 0
         self._bpf: bytes | None = None
+        self._root_argv: list[str] | None = None
+        self._base_ready = False
         self._direct_rlimits: bool | None = None  # prlimit(2) on the blocked sandbox works here
         self._janitor: queue.Queue[tuple[cgroups.RunCgroup | None, Path] | None] = queue.Queue()
         self._janitor_thread: threading.Thread | None = None
@@ -358,9 +366,12 @@ class NamespacesBackend:
 
     def ensure_base(self) -> None:
         # 0711: bwrap (running as the sandbox uid) must traverse to the run dirs; it cannot list them.
+        if self._base_ready and self.runs_dir.is_dir():
+            return
         for d in (self.config.base_dir, self.runs_dir):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o711)
+        self._base_ready = True
 
     def claim(self, run_dir: Path) -> None:
         """Mark a run dir as this agent's, so a later reaper can tell a crashed agent's leftovers."""
@@ -419,12 +430,18 @@ class NamespacesBackend:
         ]  # fmt: skip
         if not network:
             argv.append("--unshare-net")
-        for p in self.config.ro_paths:
-            path = Path(p)
-            if path.is_symlink():
-                argv += ["--symlink", os.readlink(path), p]  # merged-/usr systems: /bin -> usr/bin
-            elif path.exists():
-                argv += ["--ro-bind", p, p]
+        if self._root_argv is None:
+            # The node's top-level layout does not change under a running agent: worked out once.
+            root: list[str] = []
+            for p in self.config.ro_paths:
+                path = Path(p)
+                if path.is_symlink():
+                    root += ["--symlink", os.readlink(path), p]  # merged-/usr systems: /bin -> usr/bin
+                elif path.exists():
+                    root += ["--ro-bind", p, p]
+            self._root_argv = root
+        argv += self._root_argv
+        # Checked every time: a secret that appears after start-up must be masked too.
         for p in self.config.masked_paths:
             path = Path(p)
             if path.is_dir():
@@ -445,11 +462,13 @@ class NamespacesBackend:
         workdir: Path | None = None,
         tmpfs_mb: int = 64,
         zygote: tuple[list[str], int] | None = None,
+        limits: Limits | None = None,
     ) -> Prepared:
         """Start a blocked sandbox. With no `workdir`, a fresh private one is made (and removed on close).
 
         With `zygote` (zygote.python_argv's answer), the sandbox is unblocked at once and runs the
-        zygote, which waits for the request on a pipe of its own instead.
+        zygote, which waits for the request on a pipe of its own instead. With `limits` (a cold
+        run knows them), the cgroup is made with them, not with placeholders to be reset at start.
         """
         self.require()
         self.ensure_base()
@@ -523,9 +542,9 @@ class NamespacesBackend:
             child = self._read_child_pid(info_r, proc)
             if self.cgroups.version != "none":
                 cg = cgroups.RunCgroup(self.cgroups, f"{self.tag}-{run_id}")
-                cg.create(Limits(10_000, 256, 1, 1, 64, 64))
-                # Both bwrap processes are blocked; whatever they start from now on inherits the group.
-                cg.attach(proc.pid)
+                cg.create(limits or PLACEHOLDER_LIMITS)
+                # The sandbox's init is blocked; whatever it starts from now on inherits the group.
+                # (The outer bwrap only waits for it and is killed by pid: one migration, not two.)
                 cg.attach(child)
         except BaseException:
             os.close(info_r)
@@ -536,7 +555,9 @@ class NamespacesBackend:
             raise
         os.close(info_r)
         if zygote is None:
-            return Prepared(self, run_dir, ctl_dir, workdir, proc, child, block_w, cg, network)
+            return Prepared(
+                self, run_dir, ctl_dir, workdir, proc, child, block_w, cg, network, cg_limits=limits
+            )
         # In its cgroup: let bwrap start the zygote now; the request's go byte goes to its pipe.
         os.write(block_w, b"1")
         os.close(block_w)
@@ -590,7 +611,7 @@ class NamespacesBackend:
 
     def apply_limits(self, prepared: Prepared, limits: Limits) -> None:
         """Set the run's cgroup limits (the pool made the group with placeholder figures)."""
-        if prepared.cgroup is not None:
+        if prepared.cgroup is not None and prepared.cg_limits != limits:
             prepared.cgroup.set_limits(limits)
 
     # -- housekeeping off the request path ------------------------------------------------------------
@@ -702,7 +723,7 @@ class NamespacesBackend:
         files: dict[str, bytes] | None = None,
     ) -> ProcessResult:
         """Cold path: prepare, write `files`, start."""
-        prepared = self.prepare(network=network, workdir=workdir, tmpfs_mb=limits.tmpfs_mb)
+        prepared = self.prepare(network=network, workdir=workdir, tmpfs_mb=limits.tmpfs_mb, limits=limits)
         try:
             for name, data in (files or {}).items():
                 write_inside(prepared.workdir, name, data, self._owner() if self.is_root else None)
@@ -710,6 +731,29 @@ class NamespacesBackend:
             prepared.close()
             raise
         return prepared.start(argv, limits, env=env, stdin=stdin)
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to `timeout` s for `proc` to exit; True if it did.
+
+    Through a pidfd: Popen.wait(timeout) polls with sleeps that grow from 0.5 ms, which adds
+    milliseconds to every run whose sandbox exits just after closing its pipes (all of them).
+    """
+    if proc.poll() is not None:
+        return True
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # before Linux 5.3
+        try:
+            proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        _wait_readable(fd, timeout)
+    finally:
+        os.close(fd)
+    return proc.poll() is not None
 
 
 def _wait_readable(fd: int, timeout: float) -> bool:

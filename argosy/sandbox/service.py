@@ -249,14 +249,16 @@ class LocalRunner:
         for lang in self.config.pool:
             self.table.get(lang)  # unknown names fail here, at start-up, with a suggestion
         sizes = {self.table.get(k).name: v for k, v in self.config.pool.items()}
-        zygotes = {}
+        # Languages whose run step a zygote can stand in for (cold and pooled sandboxes alike).
+        self.zygotes: dict[str, tuple[list[str], int]] = {}
         if self.config.zygote:
-            for name in sizes:
-                spec = self.table.get(name).spec
-                z = python_argv(spec.run, "{file}")
+            for name in self.table.names():
+                z = python_argv(self.table.get(name).spec.run, "{file}")
                 if z is not None:
-                    zygotes[name] = z
-        self.pool = WarmPool(backend, sizes, tmpfs_default, zygotes)
+                    self.zygotes[name] = z
+        self.pool = WarmPool(
+            backend, sizes, tmpfs_default, {k: v for k, v in self.zygotes.items() if k in sizes}
+        )
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -365,7 +367,9 @@ class LocalRunner:
                 for name, data in files.items():
                     write_inside(workdir, name, data, owner)
                 files = {}
-                prepared = self.backend.prepare(network=False, workdir=workdir, tmpfs_mb=climits.tmpfs_mb)
+                prepared = self.backend.prepare(
+                    network=False, workdir=workdir, tmpfs_mb=climits.tmpfs_mb, limits=climits
+                )
                 cres = self._start(
                     run_id, prepared, lang.argv(lang.spec.compile, lang.spec.file), climits, env, None
                 )
@@ -401,7 +405,11 @@ class LocalRunner:
                 warm = prepared_run is not None
             if prepared_run is None:
                 prepared_run = self.backend.prepare(
-                    network=network, workdir=workdir, tmpfs_mb=limits.tmpfs_mb
+                    network=network,
+                    workdir=workdir,
+                    tmpfs_mb=limits.tmpfs_mb,
+                    limits=limits,
+                    zygote=self.zygotes.get(lang.name),
                 )
             try:
                 for name, data in files.items():
@@ -602,7 +610,7 @@ class LocalRunner:
                 )
             assert req.command
             prepared = self.backend.prepare(
-                network=meta["network"], workdir=d / "work", tmpfs_mb=limits.tmpfs_mb
+                network=meta["network"], workdir=d / "work", tmpfs_mb=limits.tmpfs_mb, limits=limits
             )
             res = self._start(run_id, prepared, list(req.command) + list(req.args), limits, {}, stdin)
             return ExecResult(

@@ -324,8 +324,10 @@ def test_cannot_change_uid_and_has_no_privileges(runner: LocalRunner) -> None:
 def test_host_uid_is_not_root(runner: LocalRunner) -> None:
     if not is_root():
         pytest.skip("as a non-root agent the sandbox runs as the agent's own uid")
-    code = "import time; print('up', flush=True); time.sleep(3)"
     marker = f"uid-probe-{uuid.uuid4().hex}"
+    # Exec'd with the marker in its command line, so the host can find it (a zygote's argv is not).
+    inner = "import time; print('up', flush=True); time.sleep(3)"
+    code = f"import os, sys; os.execv(sys.executable, [sys.executable, '-c', {inner!r}, {marker!r}])"
     seen: list[int] = []
 
     def watch() -> None:
@@ -339,7 +341,7 @@ def test_host_uid_is_not_root(runner: LocalRunner) -> None:
 
     t = threading.Thread(target=watch)
     t.start()
-    py(runner, code, args=[marker])
+    py(runner, code)
     t.join()
     assert seen and set(seen) == {runner.config.uid}
 

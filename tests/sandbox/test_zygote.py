@@ -1,6 +1,6 @@
-"""Warm Python sandboxes run a pre-started interpreter (zygote): same behaviour as a cold run.
+"""Python sandboxes run a zygote (pre-started when pooled): the same behaviour as a plain run.
 
-Each case runs cold and warm and compares what the user sees: output, exit status, tracebacks,
+Each case runs plain (/bin/sh -> python3 -u main.py), cold and warm, and compares what the user sees: output, exit status, tracebacks,
 argv, stdin, environment, limits. The security properties are the same sandbox's (namespaces,
 seccomp, cgroup): the security suite's warm-pool test and these cover the zygote's own steps.
 """
@@ -22,12 +22,13 @@ pytestmark = pytest.mark.skipif(BWRAP is None, reason="bubblewrap not installed"
 
 
 @pytest.fixture(scope="module")
-def pair() -> Iterator[tuple[LocalRunner, LocalRunner]]:
-    cold = LocalRunner(fresh_config())
-    warm = LocalRunner(fresh_config(pool={"python": 1}))
+def trio() -> Iterator[tuple[LocalRunner, LocalRunner, LocalRunner]]:
+    plain = LocalRunner(fresh_config(zygote=False))  # the reference: /bin/sh -> python3 -u main.py
+    cold = LocalRunner(fresh_config())  # a zygote started for the request
+    warm = LocalRunner(fresh_config(pool={"python": 1}))  # a pooled zygote
     warm.start_background()
-    yield cold, warm
-    for r in (cold, warm):
+    yield plain, cold, warm
+    for r in (plain, cold, warm):
         r.close()
         shutil.rmtree(r.config.base_dir, ignore_errors=True)
 
@@ -55,8 +56,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_warm_matches_cold(pair: tuple[LocalRunner, LocalRunner], name: str) -> None:
-    cold, warm = pair
+def test_zygotes_match_a_plain_run(trio: tuple[LocalRunner, LocalRunner, LocalRunner], name: str) -> None:
+    plain, cold, warm = trio
     code, extra = CASES[name]
     files = dict(extra.get("files", {}))  # type: ignore[call-overload]
     kw = {k: v for k, v in extra.items() if k != "files"}
@@ -64,15 +65,21 @@ def test_warm_matches_cold(pair: tuple[LocalRunner, LocalRunner], name: str) -> 
         req = ExecRequest(language="python", files={"main.py": code, **files}, **kw)  # type: ignore[arg-type]
     else:
         req = ExecRequest(language="python", code=code, **kw)  # type: ignore[arg-type]
-    a = cold.execute(req)
+    a = plain.execute(req)
     assert wait_for(warm.pool.filled, 30)
-    b = warm.execute(req)
-    assert not a.warm and b.warm
-    assert (b.stdout, b.stderr, b.exit_code, b.status) == (a.stdout, a.stderr, a.exit_code, a.status)
+    c, w = cold.execute(req), warm.execute(req)
+    assert not c.warm and w.warm
+    for other in (c, w):
+        assert (other.stdout, other.stderr, other.exit_code, other.status) == (
+            a.stdout,
+            a.stderr,
+            a.exit_code,
+            a.status,
+        ), other.model_dump()
 
 
-def test_limits_and_timeouts_hold_in_a_zygote(pair: tuple[LocalRunner, LocalRunner]) -> None:
-    _, warm = pair
+def test_limits_and_timeouts_hold_in_a_zygote(trio: tuple[LocalRunner, LocalRunner, LocalRunner]) -> None:
+    _, _, warm = trio
     assert wait_for(warm.pool.filled, 30)
     res = warm.execute(ExecRequest(language="python", code="while True: pass", timeout_ms=300))
     assert res.warm and res.timed_out
@@ -94,6 +101,6 @@ def test_zygote_only_stands_in_for_plain_python() -> None:
 def test_zygote_can_be_turned_off() -> None:
     r = LocalRunner(fresh_config(pool={"python": 1}, zygote=False))
     try:
-        assert r.pool.zygotes == {}
+        assert r.pool.zygotes == {} and r.zygotes == {}
     finally:
         r.close()

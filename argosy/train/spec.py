@@ -125,6 +125,8 @@ def _check_types(spec: TrainSpec) -> None:
     ci = spec.carbon_intensity_g_per_kwh
     if ci is not None and (not isinstance(ci, int | float) or isinstance(ci, bool)):
         raise bad("carbon_intensity_g_per_kwh", "a number or null")
+    if spec.country_iso is not None and not isinstance(spec.country_iso, str):
+        raise bad("country_iso", "a string or null")
     tm = spec.target_modules
     if tm is not None and (not isinstance(tm, list) or not all(isinstance(m, str) and m for m in tm)):
         raise bad("target_modules", "a list of module names or null")
@@ -189,6 +191,11 @@ def validate_spec(spec: TrainSpec) -> TrainSpec:
             0 <= spec.val_fraction < 1,
             f"val_fraction must be in [0, 1), got {spec.val_fraction}",
             "use 0.1, or 0 for no validation",
+        ),
+        (
+            spec.country_iso is None or (len(spec.country_iso) == 3 and spec.country_iso.isalpha()),
+            f"country_iso must be an ISO 3166-1 alpha-3 code (CodeCarbon's), got {spec.country_iso!r}",
+            "use e.g. FRA, DEU, USA; or pass carbon_intensity_g_per_kwh instead",
         ),
         (
             spec.carbon_intensity_g_per_kwh is None or spec.carbon_intensity_g_per_kwh >= 0,

@@ -44,6 +44,7 @@ def test_spec_round_trips_and_is_strict() -> None:
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"lora_dropout": 1.5}, "lora_dropout"),
         ({"max_steps": 0}, "max_steps"),
+        ({"country_iso": "FR"}, "alpha-3"),
     ],
 )
 def test_validate_spec_says_what_is_wrong(over: dict[str, object], match: str) -> None:

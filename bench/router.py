@@ -5,11 +5,15 @@
     python bench/router.py --proxies nginx,argosy --memory-requests 1000000   # the 1e6-request memory check
     python bench/router.py --baseline /tmp/old          # also an older checkout's router, same run
 
-It starts a static backend (nginx `return 200`), an SSE backend (uvloop, 256 events per response,
-one write per event), nginx as the reference proxy (keep-alive upstream, no buffering), a plain
-aiohttp proxy and `argosy router`. Each proxy runs pinned to core 0; wrk and the backends share the
-other cores. It prints requests/s, p50/p99 latency, proxy CPU microseconds per request, relayed SSE
-chunks/s, and ratios to nginx and to aiohttp. nginx and wrk are installed from Debian if missing.
+It starts a static backend (nginx `return 200`), two SSE backends (uvloop, 256 events per response,
+one write per event: back to back, or interleaved one event per stream per loop turn), nginx as the
+reference proxy (keep-alive upstream, no buffering), `pyfloor` (a bare uvloop byte pipe: the floor any
+Python proxy pays here), a plain aiohttp proxy and `argosy router`. Every proxy runs pinned to CPU 0
+for the whole run; wrk and the backends share the other CPUs. Phases are interleaved over rounds and
+medians reported, with the load average (the machine may be shared). It prints requests/s, p50/p99
+latency, proxy CPU microseconds per request, relayed SSE chunks/s and chunks per proxy CPU-second (what
+one proxy core can relay, independent of how fast the backend and wrk are), and ratios to nginx. nginx
+and wrk are installed from Debian if missing.
 
 This is a benchmark, not a test: numbers depend on the machine; the ratios are what to compare.
 """
@@ -152,6 +156,53 @@ def sse_backend(port: int) -> None:
     uvloop.run(main())
 
 
+def floor_proxy(port: int, backend: str) -> None:
+    """The least a Python proxy can do: uvloop, one upstream connection per client connection, bytes
+    copied both ways with no HTTP parsing. Not a usable router; it shows what any Python proxy pays on
+    this machine (the loop, the syscalls, the wake-ups), so the router's own share can be read off."""
+    import uvloop
+
+    host, _, up_port = backend.rpartition("//")[2].partition(":")
+
+    class Up(asyncio.Protocol):
+        def __init__(self, client: Any) -> None:
+            self.client = client
+
+        def data_received(self, data: bytes) -> None:
+            if not self.client.is_closing():
+                self.client.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.client.close()
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, t: Any) -> None:
+            self.t, self.up, self.buf = t, None, []
+            asyncio.get_running_loop().create_task(self.connect())
+
+        async def connect(self) -> None:
+            up, _ = await asyncio.get_running_loop().create_connection(lambda: Up(self.t), host, int(up_port))
+            self.up = up
+            for b in self.buf:
+                up.write(b)
+
+        def data_received(self, data: bytes) -> None:
+            if self.up is None:
+                self.buf.append(data)
+            else:
+                self.up.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.up is not None:
+                self.up.close()
+
+    async def main() -> None:
+        await asyncio.get_running_loop().create_server(Client, "127.0.0.1", port, backlog=4096)
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
 def aiohttp_proxy(port: int, backend: str) -> None:
     """The plain proxy people write with aiohttp: a ClientSession relaying bytes."""
     import aiohttp
@@ -289,6 +340,8 @@ def start_proxy(procs: Procs, name: str, port: int, upstream: str, tmp: Path, cp
                 baseline: Path | None) -> subprocess.Popen[bytes]:  # fmt: skip
     if name == "nginx":
         return procs.start([nginx_bin(), "-c", str(nginx_conf(tmp, port, None, upstream))], cpu)
+    if name == "pyfloor":
+        return procs.start([sys.executable, __file__, "_floor-proxy", str(port), f"http://{upstream}"], cpu)
     if name == "aiohttp":
         return procs.start([sys.executable, __file__, "_aiohttp-proxy", str(port), f"http://{upstream}"], cpu)
     env = {**os.environ, "ARGOSY_LOG_LEVEL": "WARNING"}
@@ -304,7 +357,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measured phase")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    ap.add_argument("--proxies", default="nginx,aiohttp,argosy", help="comma-separated subset to run")
+    ap.add_argument(
+        "--proxies",
+        default="nginx,pyfloor,aiohttp,argosy",
+        help="comma-separated subset (pyfloor: a bare uvloop byte pipe, the floor for any Python proxy)",
+    )
     ap.add_argument("--phases", default="c1,c64,sse,ssei", help="comma-separated subset of c1,c64,sse,ssei")
     ap.add_argument("--baseline", type=Path, help="directory holding an older `argosy` package to compare")
     ap.add_argument(
@@ -462,6 +519,8 @@ def report(res: dict[str, Any]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_sse-backend":
         sse_backend(int(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_floor-proxy":
+        floor_proxy(int(sys.argv[2]), sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "_aiohttp-proxy":
         aiohttp_proxy(int(sys.argv[2]), sys.argv[3])
     else:

@@ -189,6 +189,10 @@ class Router:
         self.start_id = uuid.uuid4().hex
         self.started_at = time.time()
         self.usage_by_backend: dict[str, dict[str, int]] = {}
+        # Wall seconds each backend had at least one request in flight (overlapping requests count
+        # once): the server's estimate of billed serverless time where a provider reports none.
+        self.busy_s: dict[str, float] = {}
+        self._busy_since: dict[str, float] = {}
         self.requests = 0  # proxied /v1 requests since start
         self._metrics_digests = [
             hashlib.sha256(t.encode()).digest() for t in (config.metrics_token, config.admin_token) if t
@@ -287,8 +291,17 @@ class Router:
             "started_at": self.started_at,
             "keys": {k.name: dict(k.usage) for k in self.keys.keys},
             "backends": {name: dict(u) for name, u in self.usage_by_backend.items()},
+            "busy_s": self._busy_seconds(),
             "total": total,
         }
+
+    def _busy_seconds(self) -> dict[str, float]:
+        """Busy wall seconds per backend since start, the open busy period included."""
+        now = time.monotonic()
+        busy = dict(self.busy_s)
+        for name, since in self._busy_since.items():
+            busy[name] = busy.get(name, 0.0) + now - since
+        return {name: round(s, 3) for name, s in busy.items()}
 
     def _admin(self, req: Request, resp: Response) -> None:
         if self._admin_digest is None:
@@ -542,6 +555,8 @@ class Router:
                         backend.retry_at - time.monotonic(), error)  # fmt: skip
 
     async def _attempt(self, backend: Backend, head: bytes, body: bytes) -> UpstreamResponse:
+        if backend.in_flight == 0:
+            self._busy_since[backend.name] = time.monotonic()
         backend.in_flight += 1
         backend.requests += 1
         if backend.state == HALF_OPEN:
@@ -554,6 +569,10 @@ class Router:
 
     def _release(self, backend: Backend) -> None:
         backend.in_flight -= 1
+        if backend.in_flight == 0:
+            since = self._busy_since.pop(backend.name, None)
+            if since is not None:
+                self.busy_s[backend.name] = self.busy_s.get(backend.name, 0.0) + time.monotonic() - since
         backend.trial_in_flight = False
         if self._waiters:
             self._notify()

@@ -11,7 +11,8 @@ For `print(1)` in Python: the wall time from asking to having the result, for
   cold_plain, warm_plain - the same with the zygote off (ARGOSY_SANDBOX_ZYGOTE=0):
                 /bin/sh -> prlimit -> python3 -u main.py, as for every other language.
 Samples are interleaved (raw, cold, warm, ..., raw, ...) so load drift on a shared machine hits
-all alike; the load average is printed with them. Also: executions/s run back to back, and how far past its deadline a CPU spinner is
+all alike, and each waits until no pool refill or clean-up is running; the load average is printed
+with them. Also: executions/s run back to back, and how far past its deadline a CPU spinner is
 killed. Medians and ratios; the issue's targets are p50 overhead <= 30 ms cold, <= 5 ms warm.
 """
 
@@ -86,30 +87,29 @@ def main() -> None:
         for _ in range(3):  # page cache, toolchain version, seccomp filter
             subprocess.run([PYTHON, "-c", "print(1)"], capture_output=True, check=True)
             cold.execute(req)
+        runners = {"cold": cold, "warm": warm, "cold_plain": cold_plain, "warm_plain": warm_plain}
+
+        def quiesce() -> None:
+            # No pool refill or clean-up of an earlier sample runs during the next one: on two
+            # cores it would land on whichever sample came next.
+            for r in runners.values():
+                wait_for(r.pool.filled, 30)
+                r.backend.flush()
+
         for _ in range(args.n):
+            quiesce()
             t0 = time.perf_counter()
             out = subprocess.run([PYTHON, "-c", "print(1)"], capture_output=True, check=True).stdout
             samples["raw"].append(_ms(t0))
             assert out == b"1\n"
-            t0 = time.perf_counter()
-            res = cold.execute(req)
-            samples["cold"].append(_ms(t0))
-            assert res.stdout == "1\n", res
-            wait_for(warm.pool.filled, 30)
-            t0 = time.perf_counter()
-            res = warm.execute(req)
-            samples["warm"].append(_ms(t0))
-            warm_hits += res.warm
-            assert res.stdout == "1\n", res
-            t0 = time.perf_counter()
-            res = cold_plain.execute(req)
-            samples["cold_plain"].append(_ms(t0))
-            assert res.stdout == "1\n", res
-            wait_for(warm_plain.pool.filled, 30)
-            t0 = time.perf_counter()
-            res = warm_plain.execute(req)
-            samples["warm_plain"].append(_ms(t0))
-            assert res.stdout == "1\n" and res.warm, res
+            for name, r in runners.items():
+                quiesce()
+                t0 = time.perf_counter()
+                res = r.execute(req)
+                samples[name].append(_ms(t0))
+                assert res.stdout == "1\n", res
+                assert res.warm == name.startswith("warm"), res
+                warm_hits += res.warm and name == "warm"
 
         throughput: dict[str, float] = {}
         k = max(10, args.n // 2)

@@ -21,14 +21,14 @@ from argosy.core.errors import ArgosyError
 
 
 class SandboxService:
-    def __init__(self, address: str, port: int = 0, node: Any = None) -> None:
+    def __init__(self, address: str, port: int = 0, node: Any = None, config: Any = None) -> None:
         import uvicorn
 
         from argosy.sandbox.config import SandboxConfig
         from argosy.sandbox.service import LocalRunner
         from argosy.server.routes_sandbox import node_app
 
-        self.config = SandboxConfig.from_env()
+        self.config = config or SandboxConfig.from_env()
         self.runner = LocalRunner(self.config, node=node)
         self.token = secrets.token_urlsafe(32)
         self.sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)

@@ -66,11 +66,26 @@ def pattern_dataset(path: Path, rows: int = 64) -> Path:
     return path
 
 
-def write_spec(tmp: Path, tiny: Path, **over: Any) -> Path:
+def chat_dataset(path: Path, rows: int = 32) -> Path:
+    """Chat rows: rendered with the model's chat template, loss on the assistant turns only."""
+    lines = []
+    for i in range(rows):
+        msgs = [
+            {"role": "system", "content": "Answer with a colour."},
+            {"role": "user", "content": f"Which colour is {i % 4}?"},
+            {"role": "assistant", "content": ["red", "green", "blue", "gold"][i % 4]},
+        ]
+        lines.append(json.dumps({"messages": msgs}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_spec(tmp: Path, tiny: Path, chat: bool = False, **over: Any) -> Path:
+    make = chat_dataset if chat else pattern_dataset
     spec = {
         "job_id": f"job-{uuid.uuid4().hex[:8]}",
         "base_model": str(tiny),
-        "dataset": str(pattern_dataset(tmp / "data.jsonl")),
+        "dataset": str(make(tmp / "data.jsonl")),
         "output_dir": str(tmp / "job"),
         "max_steps": 6,
         "lr": 5e-3,
@@ -206,7 +221,7 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path: Path, tiny: Pat
 
 
 def test_sigterm_checkpoints_and_exits_143(tmp_path: Path, tiny: Path) -> None:
-    spec = write_spec(tmp_path, tiny, max_steps=500)
+    spec = write_spec(tmp_path, tiny, chat=True, max_steps=500)  # chat rows through the real runner
     job = tmp_path / "job"
     proc = start(spec)
     wait_for(proc, job, lambda evs: any(e["type"] == "step" for e in evs))

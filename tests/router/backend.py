@@ -33,12 +33,14 @@ class Behaviour:
     health_status: int = 200
     reject_continuation: bool = False
     model: str = "tiny"
+    pad: int = 0  # bytes of filler after each streamed token (big streams for back-pressure tests)
 
 
 @dataclass
 class Seen:
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    chunks_written: int = 0  # stream chunks handed to the socket so far (all streams)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.close()
                 return
+            if b.pad:
+                tok = tok + "x" * b.pad
             if chat:
                 delta: dict[str, Any] = {"content": tok}
                 if i == 0:
@@ -155,6 +159,8 @@ class _Handler(BaseHTTPRequestHandler):
                 choice = {"index": 0, "text": tok, "finish_reason": None}
             send({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
                   "model": f"{b.model}@{self.server.name}", "choices": [choice]})  # fmt: skip
+            with self.server.seen.lock:
+                self.server.seen.chunks_written += 1
             if b.chunk_delay_s:
                 time.sleep(b.chunk_delay_s)
         end_choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
@@ -206,6 +212,11 @@ class Backend:
     def requests(self) -> list[dict[str, Any]]:
         with self._server.seen.lock:
             return list(self._server.seen.requests)
+
+    @property
+    def chunks_written(self) -> int:
+        with self._server.seen.lock:
+            return self._server.seen.chunks_written
 
     def completions(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == "POST"]

@@ -363,6 +363,13 @@ def register(app: typer.Typer) -> None:
         if any(not c["ok"] for r in rows for c in r["checks"]):
             err.print("credentials are read from the server's environment: restart it after setting them")
 
+    def _fallback_cost(sv: dict[str, float] | None) -> str:
+        """The serverless fallback's share of the cost, and whether it was billed or estimated."""
+        if not sv or not sv.get("seconds") and not sv.get("cost_usd"):
+            return "-"
+        kinds = [k for k in ("measured", "estimate") if sv.get(f"{k}_usd")]
+        return f"{money(sv['cost_usd'])} ({'+'.join(kinds) or 'measured'})"
+
     @app.command()
     def cost(name: str = typer.Argument(None), output: str = OUTPUT_OPTION) -> None:
         """What each deployment has cost so far, from the ledger."""
@@ -380,6 +387,7 @@ def register(app: typer.Typer) -> None:
                 "replica-hours",
                 "rate $/h",
                 "cost",
+                "fallback",
                 "tokens in",
                 "tokens out",
             ],
@@ -388,9 +396,10 @@ def register(app: typer.Typer) -> None:
                     r["deployment"],
                     r["state"],
                     r["provider"],
-                    f"{r['seconds'] / 3600:.4f}",
+                    f"{(r['seconds'] - r.get('serverless', {}).get('seconds', 0.0)) / 3600:.4f}",
                     ", ".join(f"{x:g}" for x in r["rates"]) or "-",
                     money(r["cost_usd"]),
+                    _fallback_cost(r.get("serverless")),
                     f"{r.get('tokens', {}).get('prompt_tokens', 0):,}",
                     f"{r.get('tokens', {}).get('completion_tokens', 0):,}",
                 ]
@@ -398,7 +407,11 @@ def register(app: typer.Typer) -> None:
             ],
         )
         tok = led["total"].get("tokens", {})
+        sv = led["total"].get("serverless") or {}
         err.print(
-            f"total: {money(led['total']['cost_usd'])} over {led['total']['seconds'] / 3600:.4f} replica-hours; "
+            f"total: {money(led['total']['cost_usd'])} over "
+            f"{(led['total']['seconds'] - sv.get('seconds', 0.0)) / 3600:.4f} replica-hours"
+            + (f" (fallback endpoints {_fallback_cost(sv)})" if _fallback_cost(sv) != "-" else "")
+            + "; "
             f"tokens {tok.get('prompt_tokens', 0):,} in, {tok.get('completion_tokens', 0):,} out (from the routers)"
         )

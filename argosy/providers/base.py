@@ -2,6 +2,7 @@
 
 - `Instances`: machines we hold (plan -> provision -> status/list -> terminate).
 - `Endpoints`: serverless endpoints (plan -> deploy -> status -> destroy).
+- `EndpointUsage`: the usage an endpoint was billed, from the provider's billing API.
 - `Offerings`: live instance types and prices.
 - `PriceListing`: `Offerings` from an API that needs the account's credentials; the catalog's
   `argosy catalog refresh` uses these (see `argosy.providers.price_sources`).
@@ -122,6 +123,32 @@ class Endpoints(Protocol):
     def endpoint_status(self, endpoint_id: str) -> Endpoint: ...
 
     def destroy(self, endpoint_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One billing bucket of one endpoint, as the provider's own billing API reports it."""
+
+    start_ts: float  # the bucket's start (epoch seconds, UTC)
+    end_ts: float  # its end, exclusive
+    cost_usd: float  # what the provider billed for the bucket
+    seconds: float | None = None  # billed time, where the provider reports it (RunPod does, Modal not)
+
+
+@runtime_checkable
+class EndpointUsage(Protocol):
+    """`Endpoints` whose provider documents an API for the usage it billed an endpoint.
+
+    Without it the server estimates a fallback's spend from the router's busy seconds.
+    """
+
+    name: str
+    usage_source: str  # the documented call read, for people (shown with every measured ledger row)
+
+    def endpoint_usage(self, endpoint_id: str, since: float, until: float) -> list[UsageRecord] | None:
+        """Billed buckets overlapping [since, until); None if this account or endpoint has no usage
+        to read (the caller then estimates). Buckets still in progress may grow on a later call."""
+        ...
 
 
 @runtime_checkable

@@ -25,6 +25,7 @@ from argosy.providers.base import (
     Instance,
     InstanceRequest,
     Plan,
+    UsageRecord,
 )
 
 
@@ -48,6 +49,10 @@ class FakeProvider:
         self._seq = 0
         self.log: list[tuple[str, str]] = []  # (call, instance id): what was asked of the provider
         self._endpoints: dict[str, Endpoint] = {}
+        # Billing: off, the fake has no usage to report (callers estimate); a test turns it on and
+        # bills buckets with `bill`, as a provider's billing API would report them.
+        self.usage_api = False
+        self._billed: dict[str, dict[float, UsageRecord]] = {}
 
     def offerings(self) -> list[Offering]:
         when = iso(self.clock.now())
@@ -205,6 +210,21 @@ class FakeProvider:
         if ep is not None and ep.state != "destroyed":
             ep.state = "destroyed"
             self.log.append(("destroy", endpoint_id))
+
+    usage_source = "fake billing records"
+
+    def endpoint_usage(self, endpoint_id: str, since: float, until: float) -> list[UsageRecord] | None:
+        self.log.append(("usage", endpoint_id))
+        if not self.usage_api:
+            return None
+        buckets = self._billed.get(endpoint_id, {})
+        return [r for _, r in sorted(buckets.items()) if r.end_ts > since and r.start_ts < until]
+
+    def bill(
+        self, endpoint_id: str, start_ts: float, end_ts: float, cost_usd: float, seconds: float | None
+    ) -> None:
+        """Set one billing bucket's running total (a later call for the same bucket replaces it)."""
+        self._billed.setdefault(endpoint_id, {})[start_ts] = UsageRecord(start_ts, end_ts, cost_usd, seconds)
 
     # -- fault injection for tests and the simulator ------------------------------------------
     def preempt(self, instance_id: str, reason: str = "spot capacity reclaimed") -> None:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -32,7 +33,7 @@ from argosy.core.errors import (
     ProviderError,
     QuotaError,
 )
-from argosy.providers.base import CheckResult, EndpointRequest, Plan
+from argosy.providers.base import CheckResult, EndpointRequest, Plan, UsageRecord
 from argosy.providers.clients.http import JsonApi
 from argosy.providers.templates.serverless import (
     ColdStart,
@@ -325,6 +326,49 @@ class RunpodServerlessProvider:
         finally:
             api.close()
 
+    # Serverless billing history (docs.runpod.io/api-reference/billing/GET/billing/endpoints, read
+    # 2026-11): records of {amount (USD), timeBilledMs, endpointId, time (bucket start), ...}.
+    usage_source = "RunPod GET /billing/endpoints"
+
+    def endpoint_usage(self, endpoint_id: str, since: float, until: float) -> list[UsageRecord]:
+        start = since - since % 3600  # hour buckets: ask from the start of the one `since` is in
+        api = self._api()
+        try:
+            data = api.request(
+                "GET",
+                "/billing/endpoints",
+                params={
+                    "endpointId": endpoint_id,
+                    "bucketSize": "hour",
+                    "grouping": "endpointId",
+                    "startTime": _rfc3339(start),
+                    "endTime": _rfc3339(until),
+                },
+            )
+        finally:
+            api.close()
+        if not isinstance(data, list):
+            raise ProviderError(
+                f"{PROVIDER}: GET /billing/endpoints answered {type(data).__name__}, not a list of records",
+                fix="RunPod may have changed its billing API: report it, with the answer",
+                provider=PROVIDER,
+            )
+        out = []
+        for rec in data:
+            if not isinstance(rec, dict) or rec.get("endpointId") not in (None, endpoint_id):
+                continue
+            at = datetime.fromisoformat(str(rec["time"]).replace("Z", "+00:00")).timestamp()
+            ms = rec.get("timeBilledMs")
+            out.append(
+                UsageRecord(
+                    start_ts=at,
+                    end_ts=at + 3600,
+                    cost_usd=float(rec.get("amount") or 0.0),
+                    seconds=None if ms is None else float(ms) / 1000.0,
+                )
+            )
+        return out
+
     def _endpoint(
         self,
         data: Mapping[str, Any],
@@ -353,3 +397,7 @@ class RunpodServerlessProvider:
             resources={"template": template_id, "endpoint": endpoint_id},
             detail=detail,
         )
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -22,7 +22,7 @@ from argosy.core.errors import ArgosyError, CapacityError, ProviderError
 from argosy.core.ids import new_id
 from argosy.fleet.nodes import live_node_for_instance
 from argosy.providers.base import EndpointRequest, Endpoints, InstanceRequest, Instances
-from argosy.serve import router_usage
+from argosy.serve import router_usage, serverless_usage
 from argosy.serve.routers import RouterManager
 from argosy.store.db import Store
 from argosy.store.events import note, transition
@@ -137,6 +137,8 @@ class DeploymentReconciler:
             self._step_replica(s, dep, r, now)
         s.commit()  # the router start below may take seconds: hold no write lock across it
         self._sync_fallback(s, dep, now)
+        serverless_usage.adopt(dep, self.providers, now)
+        serverless_usage.poll_measured(s, dep, self.providers, now)
         if dep.state == "active":
             self._sync_router(s, dep, replicas, now)
         elif all(r.state in TERMINAL_STATES for r in replicas) and not dep.spec.get("fallback_endpoint"):
@@ -387,6 +389,7 @@ class DeploymentReconciler:
                     dep.spec = {**dep.spec, "fallback_error": reason}
                     note(s, "deployment", dep.id, dep.state, reason, now, dep.id)
                 return
+            serverless_usage.register(dep, provider, ep.endpoint_id, ep.price_per_second, now)
             # Stored with the deployment so the router can be given its auth header again after restarts.
             dep.spec = {
                 **dep.spec,
@@ -408,11 +411,15 @@ class DeploymentReconciler:
                 dep.id,
             )
         elif dep.state == "destroying" and have:
+            # Its last usage first: measured buckets so far, and the router's busy seconds.
+            serverless_usage.poll_measured(s, dep, self.providers, now, force=True)
+            self._pull_usage(s, dep, now)
             try:
                 provider.destroy(have["id"])
             except ArgosyError as exc:
                 log.warning("destroying fallback endpoint %s failed (will retry): %s", have["id"], exc)
                 return
+            serverless_usage.mark_destroyed(dep, have["id"], now)
             dep.spec = {k: v for k, v in dep.spec.items() if k != "fallback_endpoint"}
             note(s, "deployment", dep.id, dep.state, f"fallback endpoint {have['id']} destroyed", now, dep.id)
 
@@ -452,6 +459,7 @@ class DeploymentReconciler:
         report = pull(dep) if pull is not None else None
         if report is not None:
             router_usage.record(s, dep.id, report, now)
+            serverless_usage.record_estimates(s, dep, report, now)
 
     # -- nodes that no longer serve anything ---------------------------------------------------
     def _collect_idle_nodes(self, s: Session) -> None:

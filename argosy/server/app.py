@@ -27,7 +27,7 @@ from argosy.server.auth import authenticate, ensure_admin_key
 from argosy.server.state import ServerState
 from argosy.store.events import events_for, transition
 from argosy.store.keys import revoke_node_keys
-from argosy.store.ledger import BILLABLE_STATES, accrue_replica, totals
+from argosy.store.ledger import BILLABLE_STATES, accrue_replica, serverless_totals, totals
 from argosy.store.models import Deployment, LedgerEntry, Node, Replica
 
 log = logging.getLogger(__name__)
@@ -250,11 +250,17 @@ def create_app(state: ServerState, run_loops: bool = True) -> FastAPI:
                         "cost_usd": t["cost_usd"],
                         "rates": sorted({e.price_per_hour for e in spans}),
                         "tokens": router_usage.totals(s, d.id),
+                        # The fallback endpoint's part of seconds/cost_usd, by where the figure came from.
+                        "serverless": serverless_totals(s, d.id),
                     }
                 )
             grand = totals(s) if not deployment else totals(s, deps[0].id)
             grand_tokens = router_usage.totals(s, deps[0].id if deployment else None)
-            return {"deployments": rows, "total": {**grand, "tokens": grand_tokens}}
+            grand_serverless = serverless_totals(s, deps[0].id if deployment else None)
+            return {
+                "deployments": rows,
+                "total": {**grand, "tokens": grand_tokens, "serverless": grand_serverless},
+            }
 
     @app.get(f"{api}/providers", dependencies=[Depends(user)])
     def providers(check: bool = False, name: str | None = None) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -33,6 +34,17 @@ ENDPOINT_FIELDS = {
     "workersMax",
     "workersMin",
 }
+BILLING_QUERY = {
+    "bucketSize",
+    "dataCenterId",
+    "endpointId",
+    "endTime",
+    "gpuTypeId",
+    "grouping",
+    "imageName",
+    "startTime",
+    "templateId",
+}
 KNOWN_GPUS = {"NVIDIA L4", "NVIDIA A100 80GB PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 4090"}
 
 
@@ -44,6 +56,7 @@ class RunpodFake:
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.ids = itertools.count(1)
         self.fail_endpoint_create = fail_endpoint_create
+        self.billing: list[dict[str, Any]] = []  # GET /billing/endpoints records
 
     def __call__(self, req: Req) -> tuple[int, Any]:
         if req.headers.get("authorization") != f"Bearer {KEY}":
@@ -96,6 +109,23 @@ class RunpodFake:
                     return 400, {"error": "endpoint still has workers; set workers to 0 first"}
                 del self.endpoints[ident]
                 return 204, None
+        if (req.method, kind, ident) == ("GET", "billing", "endpoints"):
+            # Query parameters of docs.runpod.io/api-reference/billing/GET/billing/endpoints.
+            q = req.query
+            assert set(q) <= BILLING_QUERY, set(q) - BILLING_QUERY
+            assert q.get("bucketSize") in (None, "hour", "day", "week", "month", "year")
+            assert q.get("grouping") in (None, "endpointId", "podId", "gpuTypeId")
+            for k in ("startTime", "endTime"):
+                if k in q:
+                    datetime.strptime(q[k], "%Y-%m-%dT%H:%M:%SZ")  # RFC 3339, UTC
+            if not isinstance(self.billing, list):
+                return 200, self.billing  # a test's odd answer, as is
+            return 200, [
+                r
+                for r in self.billing
+                if r["endpointId"] == q.get("endpointId", r["endpointId"])
+                and q.get("startTime", "") <= r["time"] < q.get("endTime", "9999")
+            ]
         if kind == "templates" and ident and req.method == "DELETE":
             assert not any(e["templateId"] == ident for e in self.endpoints.values()), "template still in use"
             return (204, None) if self.templates.pop(ident, None) else (404, {"error": "template not found"})
@@ -207,3 +237,37 @@ def test_offerings_are_labelled_list_prices(runpod):
     offs = p.offerings()
     assert all(o.kind == "serverless" and o.source.startswith("published list price") for o in offs)
     assert {o.gpu for o in offs} >= {"L4", "A100-80GB", "H100-SXM"}
+
+
+def test_billed_usage_is_read_from_the_billing_api(runpod):
+    from argosy.providers.base import EndpointUsage
+
+    p, fake, server = runpod
+    assert isinstance(p, EndpointUsage)
+    hour = datetime(2026, 11, 3, 10, tzinfo=UTC).timestamp()
+    fake.billing = [
+        {"amount": 0.42, "diskSpaceBilledGb": 50, "endpointId": "ep7", "gpuTypeId": "NVIDIA L4",
+         "time": "2026-11-03T10:00:00Z", "timeBilledMs": 1_260_000},
+        {"amount": 0.1, "endpointId": "ep7", "time": "2026-11-03T11:00:00Z"},
+        {"amount": 9.0, "endpointId": "other", "time": "2026-11-03T10:00:00Z", "timeBilledMs": 1},
+    ]  # fmt: skip
+    records = p.endpoint_usage("ep7", hour + 1800, hour + 7200)
+    assert [(r.start_ts, r.end_ts, r.cost_usd, r.seconds) for r in records] == [
+        (hour, hour + 3600, 0.42, 1260.0),
+        (hour + 3600, hour + 7200, 0.1, None),  # no time reported for this bucket
+    ]
+    [req] = [r for r in server.requests if r.path == "/v1/billing/endpoints"]
+    assert req.method == "GET" and req.query == {
+        "endpointId": "ep7",
+        "bucketSize": "hour",
+        "grouping": "endpointId",
+        "startTime": "2026-11-03T10:00:00Z",  # from the start of the hour `since` falls in
+        "endTime": "2026-11-03T12:00:00Z",
+    }
+
+
+def test_a_billing_answer_of_the_wrong_shape_is_an_error(runpod):
+    p, fake, _ = runpod
+    fake.billing = {"unexpected": True}  # type: ignore[assignment]
+    with pytest.raises(ArgosyError, match="not a list of records"):
+        p.endpoint_usage("ep7", 0.0, 3600.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +34,7 @@ from argosy.sandbox.models import ExecRequest, ExecResult, SessionCreate, Sessio
 from argosy.sandbox.service import LocalRunner, SandboxRunner
 
 router = fastapi.APIRouter(prefix="/api/v1", tags=["sandbox"])
+log = logging.getLogger(__name__)
 
 # Guards the one-time creation of the default runner; holds no state of its own.
 _CREATE_LOCK = threading.Lock()
@@ -54,9 +56,14 @@ def attach(app: fastapi.FastAPI, server_state: Any) -> None:
     hooks = getattr(app.state, "agent_report_hooks", None)
     if hooks is None:
         hooks = app.state.agent_report_hooks = []
-    hooks.append(
-        lambda node_id, report, answer: agents.observe(node_id, report, bool(answer.get("terminate")))
-    )
+
+    def observe(node_id: str, report: dict[str, Any], answer: dict[str, Any]) -> None:
+        try:
+            agents.observe(node_id, report, bool(answer.get("terminate")))
+        except (TypeError, ValueError, AttributeError):  # a malformed report must not fail the heartbeat
+            log.warning("node %s sent a malformed sandbox service report; ignored", node_id)
+
+    hooks.append(observe)
 
 
 def runner_of(request: Request) -> SandboxRunner:

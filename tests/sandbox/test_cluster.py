@@ -71,3 +71,10 @@ def test_stale_down_and_restarted_agents() -> None:
     t.observe("b", report("http://b"), terminate=True)
     assert t.live() == []
     t.close()
+
+
+def test_a_malformed_report_is_ignored_not_fatal() -> None:
+    t, _ = table()
+    with pytest.raises(ValueError):
+        t.observe("a", report("http://a", conc="many"))  # type: ignore[arg-type]
+    assert t.live() == []

@@ -47,3 +47,34 @@ def test_execute_behind_the_servers_auth(settings: Settings, tmp_path: Path) -> 
     finally:
         runner.close()
         shutil.rmtree(runner.config.base_dir, ignore_errors=True)
+
+
+def test_agent_reports_reach_the_sandbox_routes(settings: Settings) -> None:
+    """Heartbeats feed the sandbox agents' table; a malformed report never fails the heartbeat."""
+    from argosy.core.host import free_port
+
+    clock = FakeClock()
+    state = ServerState(
+        settings=settings,
+        store=Store(settings.db_url),
+        server_url="http://127.0.0.1:1",
+        clock=clock,
+        routers=MemoryRouters(),
+    )
+    app = create_app(state, run_loops=False)
+    with TestClient(app) as client:
+        key = json.loads(settings.credentials_path.read_text())["api_key"]
+        client.headers["Authorization"] = f"Bearer {key}"
+        node = client.post("/api/v1/agents/register", json={"hostname": "h", "roles": ["sandbox"]}).json()
+        nid = node["node_id"]
+        bad = {"services": {"sandbox": {"url": "http://x", "token": "t", "max_concurrent": "many"}}}
+        assert client.post(f"/api/v1/agents/{nid}/heartbeat", json=bad).status_code == 200
+        assert "server's own machine" in client.get("/api/v1/sandbox/doctor").json()["runs_on"]
+        dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the agent is gone
+        good = {"services": {"sandbox": {"url": dead, "token": "t", "max_concurrent": 2, "max_queue": 1}}}
+        assert client.post(f"/api/v1/agents/{nid}/heartbeat", json=good).status_code == 200
+        assert nid in client.get("/api/v1/sandbox/doctor").json()["runs_on"]
+        r = client.post("/api/v1/sandbox/execute", json={"code": "print(1)"})
+        assert r.status_code == 503 and nid in r.json()["message"] and r.json()["fix"]
+        clock.advance(settings.server.heartbeat_timeout_s + 1)  # its heartbeats stop: not registered
+        assert "server's own machine" in client.get("/api/v1/sandbox/doctor").json()["runs_on"]

@@ -409,7 +409,9 @@ class LocalRunner:
                     workdir=workdir,
                     tmpfs_mb=limits.tmpfs_mb,
                     limits=limits,
-                    zygote=self.zygotes.get(lang.name),
+                    # Not over an existing work dir (a session's): files the user left there (a
+                    # usercustomize in ~/.local) would run at the zygote's start, before its limits.
+                    zygote=self.zygotes.get(lang.name) if workdir is None else None,
                 )
             try:
                 for name, data in files.items():

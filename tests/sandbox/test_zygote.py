@@ -104,3 +104,21 @@ def test_zygote_can_be_turned_off() -> None:
         assert r.pool.zygotes == {} and r.zygotes == {}
     finally:
         r.close()
+
+
+def test_sessions_do_not_use_the_zygote(trio: tuple[LocalRunner, LocalRunner, LocalRunner]) -> None:
+    """A session's files exist before the interpreter starts: a usercustomize there must run under
+    the run's limits (plain path: prlimit before python), not before a zygote sets them."""
+    from argosy.sandbox.models import SessionCreate, SessionExec
+
+    _, cold, _ = trio
+    sid = cold.create_session(SessionCreate(ttl_s=60)).id
+    try:
+        site = cold.exec_session(sid, SessionExec(code="import site; print(site.getusersitepackages())"))
+        rel = site.stdout.strip().removeprefix("/work/")
+        probe = "import resource as r\nprint('startup', r.getrlimit(r.RLIMIT_NOFILE))\n"
+        cold.put_file(sid, f"{rel}/usercustomize.py", probe.encode())
+        res = cold.exec_session(sid, SessionExec(code="pass"))
+        assert res.stdout == "startup (1024, 1024)\n", res.stdout + res.stderr
+    finally:
+        cold.delete_session(sid)

@@ -19,14 +19,15 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from argosy.catalog.types import Offering
 from argosy.core.clock import Clock
 from argosy.core.config import Settings
 from argosy.core.errors import ArgosyError, ConflictError, NotFoundError, ProviderAuthError, ProviderError
-from argosy.providers.base import MANAGED_LABEL, CheckResult, EndpointRequest, Plan
+from argosy.providers.base import MANAGED_LABEL, CheckResult, EndpointRequest, Plan, UsageRecord
 from argosy.providers.templates.serverless import (
     ENDPOINT_LABEL,
     ColdStart,
@@ -135,6 +136,8 @@ class ModalBackend(Protocol):
 
     def delete_volume(self, name: str, environment: str | None) -> None: ...
 
+    def billing_report(self, start: datetime, end: datetime, tag: str) -> list[Mapping[str, Any]]: ...
+
 
 @contextlib.contextmanager
 def _sdk_errors(what: str) -> Iterator[None]:
@@ -237,6 +240,21 @@ class ModalSdk:
 
         with _sdk_errors(f"delete volume {name}"):
             modal.Volume.objects.delete(name, allow_missing=True, environment_name=environment)
+
+    def billing_report(self, start: datetime, end: datetime, tag: str) -> list[Mapping[str, Any]]:
+        # Hourly cost per object with our tag (modal.com/docs/sdk/py/latest/billing, read 2026-11);
+        # `Workspace.billing.report` replaced `billing.workspace_billing_report` (deprecated 2026-06).
+        import modal
+
+        with _sdk_errors("read the workspace billing report"):
+            if hasattr(modal, "Workspace"):
+                report = modal.Workspace.from_context().billing.report
+            else:
+                report = modal.billing.workspace_billing_report
+            items = report(start=start, end=end, resolution="h", tag_names=[tag])
+        return [
+            {"interval_start": i["interval_start"], "cost": i["cost"], "tags": dict(i["tags"])} for i in items
+        ]
 
 
 def names(request_name: str) -> dict[str, str]:
@@ -454,6 +472,21 @@ class ModalProvider:
             model=tags.get("argosy-model", "").replace("__", "/"),
             detail=f"{running} container(s) running",
         )
+
+    usage_source = "Modal workspace billing report"
+
+    def endpoint_usage(self, endpoint_id: str, since: float, until: float) -> list[UsageRecord]:
+        """Hourly cost of the app (found by its `argosy-endpoint` tag). Modal reports cost, not time,
+        and only whole intervals: the hour in progress appears once it has closed."""
+        start = datetime.fromtimestamp(since - since % 3600, tz=UTC)
+        items = self._sdk().billing_report(start, datetime.fromtimestamp(until, tz=UTC), ENDPOINT_LABEL)
+        cost: dict[float, float] = {}
+        for item in items:
+            if item["tags"].get(ENDPOINT_LABEL) != endpoint_id:
+                continue
+            at = item["interval_start"].timestamp()
+            cost[at] = cost.get(at, 0.0) + float(item["cost"])
+        return [UsageRecord(at, at + 3600, c) for at, c in sorted(cost.items())]
 
     def destroy(self, endpoint_id: str) -> None:
         if not endpoint_id.startswith("argosy-"):

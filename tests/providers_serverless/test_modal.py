@@ -5,15 +5,19 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from argosy.core.errors import ArgosyError, ConfigError, NotFoundError, ProviderError
 from argosy.providers.base import MANAGED_LABEL, EndpointRequest, Endpoints, Preflight
 from argosy.providers.modal import ModalProvider, names, render_app
+from argosy.providers.templates.serverless import ENDPOINT_LABEL
 
 modal = pytest.importorskip("modal")
+HOUR = timedelta(hours=1)
 
 
 def load_app(source: str, tmp: Path):
@@ -45,6 +49,7 @@ class FakeModal:
         self.apps: dict[str, dict[str, str]] = {}
         self.calls: list[str] = []
         self.fail_deploy = fail_deploy
+        self.billing: list[dict[str, Any]] = []  # billing report items
 
     def create_secret(self, name: str, env: Mapping[str, str], environment: str | None) -> None:
         self.calls.append(f"create_secret {name}")
@@ -88,6 +93,12 @@ class FakeModal:
     def delete_volume(self, name: str, environment: str | None) -> None:
         self.calls.append(f"delete_volume {name}")
         self.volumes.discard(name)
+
+    def billing_report(self, start, end, tag):  # type: ignore[no-untyped-def]
+        # As Modal's report: whole hour intervals in [start, end), in UTC, with the requested tags.
+        assert start.tzinfo is not None and end.tzinfo is not None and start.minute == 0
+        self.calls.append(f"billing_report {start:%H:%M}-{end:%H:%M} {tag}")
+        return [i for i in self.billing if start <= i["interval_start"] and i["interval_start"] + HOUR <= end]
 
 
 @pytest.fixture
@@ -187,3 +198,29 @@ def test_real_sdk_rejections_become_typed_errors():
     with pytest.raises(ProviderError, match="Invalid tag key") as info:
         ModalSdk().deploy("argosy-x", 'import modal\napp = modal.App("x", tags={"bad tag": "v"})\n', None)
     assert "fix:" in str(info.value)
+
+
+def test_billed_usage_from_the_workspace_billing_report(modal_provider):
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from argosy.providers.base import EndpointUsage
+
+    p, fake = modal_provider
+    assert isinstance(p, EndpointUsage)
+    h = datetime(2026, 11, 3, 10, tzinfo=UTC)
+    mine = {ENDPOINT_LABEL: "argosy-m"}
+    fake.billing = [
+        {"interval_start": h, "cost": Decimal("0.30"), "tags": mine},
+        {"interval_start": h, "cost": Decimal("0.02"), "tags": mine},  # another resource line, same hour
+        {"interval_start": h + HOUR, "cost": Decimal("0.10"), "tags": mine},
+        {"interval_start": h, "cost": Decimal("5"), "tags": {ENDPOINT_LABEL: "argosy-other"}},
+        {"interval_start": h, "cost": Decimal("7"), "tags": {}},  # not ours
+    ]
+    t = h.timestamp()
+    records = p.endpoint_usage("argosy-m", t + 600, t + 7200 + 900)
+    assert [(r.start_ts, r.end_ts, r.cost_usd, r.seconds) for r in records] == [
+        (t, t + 3600, pytest.approx(0.32), None),
+        (t + 3600, t + 7200, pytest.approx(0.10), None),
+    ]
+    assert fake.calls[-1] == f"billing_report 10:00-12:15 {ENDPOINT_LABEL}"

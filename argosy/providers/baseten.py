@@ -15,7 +15,6 @@ Ownership: Baseten models have no labels, so Argosy's models are named `argosy-*
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +28,8 @@ from argosy.core.clock import Clock
 from argosy.core.config import Settings
 from argosy.core.errors import ArgosyError, NotFoundError, ProviderAuthError, ProviderError
 from argosy.providers.base import MANAGED_LABEL, CheckResult, EndpointRequest, Plan
-from argosy.providers.clients.http import JsonApi
+from argosy.providers.clients.http import ApiKeyEndpoints
+from argosy.providers.common import environ, import_sdk
 from argosy.providers.templates.serverless import (
     HEALTH_PATH,
     VLLM_IMAGE,
@@ -68,12 +68,7 @@ class TrussSdk:
     """TrussPusher over the `truss` package (`pip install truss`), imported only when used."""
 
     def push(self, directory: Path, model_name: str, api_key: str) -> tuple[str, str]:
-        try:
-            from truss import api as truss_api
-        except ImportError as exc:
-            raise ArgosyError(
-                "the baseten provider needs the truss SDK", fix="pip install 'argosy[baseten]'"
-            ) from exc
+        truss_api = import_sdk("truss.api", "baseten", "the baseten provider needs the truss SDK")
         # truss reads the key from ~/.trussrc: login writes it there under the remote name "baseten".
         truss_api.login(api_key)
         try:
@@ -163,8 +158,12 @@ def _quote(s: str) -> str:
     return shlex.quote(s)
 
 
-class BasetenProvider:
+class BasetenProvider(ApiKeyEndpoints):
     name = PROVIDER
+    KEY_VAR = "BASETEN_API_KEY"
+    KEYS_URL = "https://app.baseten.co/settings/api_keys"
+    AUTH_SCHEME = "Api-Key"
+    classify_error = staticmethod(_classify)
 
     def __init__(
         self,
@@ -178,7 +177,7 @@ class BasetenProvider:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self._env = dict(os.environ if env is None else env)
+        self._env = environ(env)
         self._key = self._env.get("BASETEN_API_KEY", "").strip()
         self._invoke_key = (self._env.get("BASETEN_INVOKE_API_KEY") or self._key).strip()
         self._pusher = pusher
@@ -246,23 +245,6 @@ class BasetenProvider:
         )
 
     # -- effects ----------------------------------------------------------------------------------
-    def _api(self) -> JsonApi:
-        if not self._key:
-            raise ProviderAuthError(
-                f"{PROVIDER}: BASETEN_API_KEY is not set",
-                fix="create an API key at https://app.baseten.co/settings/api_keys, then `export BASETEN_API_KEY=...`",
-                provider=PROVIDER,
-            )
-        return JsonApi(
-            PROVIDER,
-            self._base_url,
-            headers={"Authorization": f"Api-Key {self._key}"},
-            clock=self.clock,
-            classify=_classify,
-            secrets=(self._key, self._invoke_key),
-            transport=self._transport,
-        )
-
     def deploy(self, plan: Plan) -> ServerlessEndpoint:
         api = self._api()  # fail on a missing key before building anything
         pusher = self._pusher or TrussSdk()

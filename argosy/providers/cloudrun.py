@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from argosy.core.errors import (
     QuotaError,
 )
 from argosy.providers.base import MANAGED_LABEL, CheckResult, EndpointRequest, Plan
+from argosy.providers.common import environ, import_sdk
 from argosy.providers.templates.serverless import (
     HEALTH_PATH,
     VLLM_IMAGE,
@@ -189,7 +189,7 @@ class CloudRunProvider:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self._env = dict(os.environ if env is None else env)
+        self._env = environ(env)
         self.project = self._env.get("GOOGLE_CLOUD_PROJECT") or self._env.get("CLOUDSDK_CORE_PROJECT") or ""
         self.region = self._env.get("ARGOSY_CLOUDRUN_REGION") or DEFAULT_REGION
         self.invoker = self._env.get("ARGOSY_CLOUDRUN_INVOKER", "")
@@ -199,12 +199,7 @@ class CloudRunProvider:
     # -- client --------------------------------------------------------------------------------
     def _services(self) -> Any:
         if self._client is None:
-            try:
-                from google.cloud import run_v2
-            except ImportError as exc:
-                raise ArgosyError(
-                    "the cloudrun provider needs google-cloud-run", fix="pip install 'argosy[gcp]'"
-                ) from exc
+            run_v2 = import_sdk("google.cloud.run_v2", "gcp", "the cloudrun provider needs google-cloud-run")
             import google.auth.exceptions
 
             try:

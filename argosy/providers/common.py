@@ -237,13 +237,17 @@ def _normalised(model: str, memory_gb: float | None) -> str:
     return m
 
 
-def import_sdk(module: str, extra: str) -> ModuleType:
-    """Import a provider SDK on first use; if it is missing, say which extra installs it."""
+def import_sdk(module: str, extra: str, missing: str | None = None) -> ModuleType:
+    """Import a provider SDK on first use; if it is missing, say which extra installs it.
+
+    `missing` replaces the generic message with the provider's own (the serverless providers name
+    the SDK as users know it: "the modal provider needs the modal SDK").
+    """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ArgosyError(
-            f"this provider needs the '{module}' package, which is not installed",
+            missing or f"this provider needs the '{module}' package, which is not installed",
             fix=f"pip install 'argosy[{extra}]'",
         ) from exc
 

@@ -39,6 +39,7 @@ from argosy.core.errors import (
     QuotaError,
 )
 from argosy.providers.base import MANAGED_LABEL, CheckResult, EndpointRequest, Plan
+from argosy.providers.common import environ, import_sdk
 from argosy.providers.templates.serverless import (
     HEALTH_PATH,
     VLLM_IMAGE,
@@ -368,7 +369,7 @@ class KubernetesProvider:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self._env = dict(os.environ if env is None else env)
+        self._env = environ(env)
         self.namespace = self._env.get("ARGOSY_K8S_NAMESPACE") or DEFAULT_NAMESPACE
         self._context = self._env.get("ARGOSY_K8S_CONTEXT") or None
         self._api_client = api_client  # tests pass one pointed at a fake API server
@@ -377,12 +378,9 @@ class KubernetesProvider:
     def _client(self) -> Any:
         if self._api_client is not None:
             return self._api_client
-        try:
-            from kubernetes import config
-        except ImportError as exc:
-            raise ArgosyError(
-                "the kubernetes provider needs the kubernetes client", fix="pip install 'argosy[kubernetes]'"
-            ) from exc
+        config = import_sdk(
+            "kubernetes.config", "kubernetes", "the kubernetes provider needs the kubernetes client"
+        )
         try:
             if self._env.get("KUBERNETES_SERVICE_HOST") and not self._context:
                 config.load_incluster_config()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import re
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from argosy.core.clock import Clock
 from argosy.core.config import Settings
 from argosy.core.errors import ArgosyError, ConflictError, NotFoundError, ProviderAuthError, ProviderError
 from argosy.providers.base import MANAGED_LABEL, CheckResult, EndpointRequest, Plan, UsageRecord
+from argosy.providers.common import environ, import_sdk
 from argosy.providers.templates.serverless import (
     ENDPOINT_LABEL,
     ColdStart,
@@ -344,18 +344,13 @@ class ModalProvider:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self._env = dict(os.environ if env is None else env)
+        self._env = environ(env)
         self._backend = backend
         self.environment = self._env.get("MODAL_ENVIRONMENT") or None
 
     def _sdk(self) -> ModalBackend:
         if self._backend is None:
-            try:
-                import modal  # noqa: F401
-            except ImportError as exc:
-                raise ArgosyError(
-                    "the modal provider needs the modal SDK", fix="pip install 'argosy[modal]'"
-                ) from exc
+            import_sdk("modal", "modal", "the modal provider needs the modal SDK")
             self._backend = ModalSdk()
         return self._backend
 

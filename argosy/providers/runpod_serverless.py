@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +33,8 @@ from argosy.core.errors import (
     QuotaError,
 )
 from argosy.providers.base import CheckResult, EndpointRequest, Plan, UsageRecord
-from argosy.providers.clients.http import JsonApi
+from argosy.providers.clients.http import ApiKeyEndpoints
+from argosy.providers.common import environ
 from argosy.providers.templates.serverless import (
     ColdStart,
     EndpointFacts,
@@ -107,8 +107,12 @@ def _classify(status: int, body: Any, text: str) -> ProviderError | None:
     return None
 
 
-class RunpodServerlessProvider:
+class RunpodServerlessProvider(ApiKeyEndpoints):
     name = PROVIDER
+    KEY_VAR = "RUNPOD_API_KEY"
+    KEYS_URL = "https://www.runpod.io/console/user/settings"
+    AUTH_SCHEME = "Bearer"
+    classify_error = staticmethod(_classify)
 
     def __init__(
         self,
@@ -122,7 +126,7 @@ class RunpodServerlessProvider:
         self.settings = settings
         self.clock = clock
         # Credentials are read once, here; never logged or put into a plan.
-        self._env = dict(os.environ if env is None else env)
+        self._env = environ(env)
         self._key = self._env.get("RUNPOD_API_KEY", "").strip()
         self._invoke_key = next(
             (self._env[v].strip() for v in INVOKE_KEY_VARS if self._env.get(v, "").strip()), ""
@@ -234,23 +238,6 @@ class RunpodServerlessProvider:
         return plan
 
     # -- effects ----------------------------------------------------------------------------------
-    def _api(self) -> JsonApi:
-        if not self._key:
-            raise ProviderAuthError(
-                f"{PROVIDER}: RUNPOD_API_KEY is not set",
-                fix="create an API key at https://www.runpod.io/console/user/settings, then `export RUNPOD_API_KEY=...`",
-                provider=PROVIDER,
-            )
-        return JsonApi(
-            PROVIDER,
-            self._base_url,
-            headers={"Authorization": f"Bearer {self._key}"},
-            clock=self.clock,
-            classify=_classify,
-            secrets=(self._key, self._invoke_key),
-            transport=self._transport,
-        )
-
     def deploy(self, plan: Plan) -> ServerlessEndpoint:
         payload = fill_secrets(plan.payload, plan.secrets)
         api = self._api()

@@ -14,7 +14,6 @@ router sends it as a bearer token. The printed plan shows a placeholder.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -25,6 +24,7 @@ from argosy.core.clock import Clock
 from argosy.core.config import Settings
 from argosy.core.errors import ArgosyError, NotFoundError, ProviderError
 from argosy.providers.base import MANAGED_LABEL, CheckResult, EndpointRequest, Plan
+from argosy.providers.common import environ, import_sdk
 from argosy.providers.templates.serverless import (
     HEALTH_PATH,
     VLLM_PORT,
@@ -97,13 +97,7 @@ class SkySdk:
     """SkyBackend over the real `sky` package (imported only when used)."""
 
     def _sky(self) -> Any:
-        try:
-            import sky
-        except ImportError as exc:
-            raise ArgosyError(
-                "the skypilot provider needs SkyPilot", fix="pip install 'argosy[skypilot]'"
-            ) from exc
-        return sky
+        return import_sdk("sky", "skypilot", "the skypilot provider needs SkyPilot")
 
     def up(self, task: Mapping[str, Any], service_name: str) -> str | None:
         sky = self._sky()
@@ -185,7 +179,7 @@ class SkyPilotProvider:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self._env = dict(os.environ if env is None else env)
+        self._env = environ(env)
         self._backend = backend
 
     def _sky(self) -> SkyBackend:

@@ -1,4 +1,4 @@
-"""One small JSON-over-HTTP client for the REST providers (Lambda, RunPod, Vast.ai).
+"""One small JSON-over-HTTP client for the REST providers (Lambda, RunPod, Vast.ai, the serverless ones).
 
 Why one: retry/back-off, `Retry-After`, timeouts and credential redaction are the same problem for
 every REST provider, and getting any of them wrong either bills a user twice or hides the provider's
@@ -222,4 +222,45 @@ class BearerApiClient:
             secrets=(api_key,),
             transport=transport,
             retry=retry,
+        )
+
+
+class ApiKeyEndpoints:
+    """`_api()` shared by the serverless REST providers keyed by one API key (Baseten, RunPod Serverless).
+
+    A subclass sets the class attributes and, in its __init__, `clock`, `_key`, `_invoke_key`,
+    `_base_url` and `_transport`. The client is built per call so that plans and dry runs need no
+    key; a missing key fails before any request, naming the variable to set and where keys are made.
+    Both keys are redacted from errors: the invoke key is the one the router holds.
+    """
+
+    name: str
+    KEY_VAR: str
+    KEYS_URL: str
+    AUTH_SCHEME: str  # the Authorization header's scheme: "Bearer", "Api-Key"
+    clock: Clock
+    _key: str
+    _invoke_key: str
+    _base_url: str
+    _transport: httpx.BaseTransport | None
+
+    @staticmethod
+    def classify_error(status: int, body: Any, text: str) -> ProviderError | None:
+        return None
+
+    def _api(self) -> JsonApi:
+        if not self._key:
+            raise ProviderAuthError(
+                f"{self.name}: {self.KEY_VAR} is not set",
+                fix=f"create an API key at {self.KEYS_URL}, then `export {self.KEY_VAR}=...`",
+                provider=self.name,
+            )
+        return JsonApi(
+            self.name,
+            self._base_url,
+            headers={"Authorization": f"{self.AUTH_SCHEME} {self._key}"},
+            clock=self.clock,
+            classify=self.classify_error,
+            secrets=(self._key, self._invoke_key),
+            transport=self._transport,
         )

@@ -595,6 +595,7 @@ class Router:
                     ctx.affinity_key = self._affinity_key(parsed)
                 if stream_path and parsed.get("stream") is True and self.config.request_usage:
                     body, strip_usage = _with_usage(body, parsed)
+        inject = strip_usage  # the router asked for usage on the client's behalf
         tried: set[Backend] = set()
         max_attempts = self.config.retries.max_attempts
         attempt = 0
@@ -612,10 +613,13 @@ class Router:
                               "service_unavailable", "no_backend_available", [(b"retry-after", b"1")])  # fmt: skip
             attempt += 1
             tried.add(backend)
-            head = self._head(req, backend, len(body))
+            # A backend known to reject `stream_options` gets the client's own bytes.
+            strip_usage = inject and not backend.rejects_stream_options
+            send = body if strip_usage or not inject else req.body
+            head = self._head(req, backend, len(send))
             t0 = time.monotonic()
             try:
-                up = await self._attempt(backend, head, body)
+                up = await self._attempt(backend, head, send)
             except UpstreamError as exc:
                 last_error = f"{backend.name}: {exc}"
                 self._record_failure(backend, str(exc))
@@ -624,6 +628,21 @@ class Router:
                 status = 504 if exc.kind.startswith("timeout") else 502
                 raise _Failed(status, f"backend {last_error}", "upstream_error", exc.kind) from exc
             try:
+                if strip_usage and up.status in (400, 422):
+                    detail = await self._read_quietly(up)
+                    if b"stream_options" in detail or b"include_usage" in detail:
+                        # An upstream that refuses the option the router added: remember, and send
+                        # the request as the client wrote it (not a failure, not a retry).
+                        backend.rejects_stream_options = True
+                        log.info(
+                            "backend %s rejects stream_options; usage is not requested from it", backend.name
+                        )
+                        tried.discard(backend)
+                        attempt -= 1
+                        continue
+                    resp.send(up.status, detail, self._down_headers(up))
+                    self._finish(backend, up.status, started, t0, None)
+                    return backend.tier, backend.name
                 if up.status in _RETRY_STATUSES and attempt < max_attempts:
                     if up.status != 429:
                         self._record_failure(backend, f"HTTP {up.status}")
@@ -757,6 +776,11 @@ class Router:
                     await self._give_up(resp, current, error, plan)
                     return
                 body = json.dumps(plan).encode()
+                plain_body = (
+                    json.dumps({k: v for k, v in plan.items() if k != "stream_options"}).encode()
+                    if strip_usage
+                    else body
+                )
                 nxt_up: UpstreamResponse | None = None
                 reason = "no other backend is available"
                 while len(held) < self.config.retries.max_attempts:
@@ -765,8 +789,9 @@ class Router:
                         break
                     tried.add(nxt)
                     t1 = time.monotonic()
+                    cont = plain_body if nxt.rejects_stream_options else body
                     try:
-                        cand = await self._attempt(nxt, self._head(req, nxt, len(body)), body)
+                        cand = await self._attempt(nxt, self._head(req, nxt, len(cont)), cont)
                     except UpstreamError as exc:
                         self._record_failure(nxt, str(exc))
                         reason = f"{nxt.name} failed: {exc}"

@@ -38,6 +38,7 @@ class Backend:
     failures: int = 0
     last_error: str | None = None
     models: list[dict[str, object]] = field(default_factory=list)
+    rejects_stream_options: bool = False  # learnt from a 400: do not ask this upstream for usage
     extra_head: bytes = b""  # spec.headers as request-header lines, encoded once
 
     def __post_init__(self) -> None:

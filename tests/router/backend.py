@@ -34,6 +34,7 @@ class Behaviour:
     reject_continuation: bool = False
     model: str = "tiny"
     pad: int = 0  # bytes of filler after each streamed token (big streams for back-pressure tests)
+    reject_stream_options: bool = False  # answer 400 to a body with stream_options, like a strict upstream
 
 
 @dataclass
@@ -102,6 +103,9 @@ class _Handler(BaseHTTPRequestHandler):
         chat = self.path.endswith("/chat/completions")
         if not isinstance(body, dict) or "__raw__" in body:
             self._json(400, {"error": {"message": "bad json"}})
+            return
+        if b.reject_stream_options and "stream_options" in body:
+            self._json(400, {"error": {"message": "Unrecognized request argument supplied: stream_options"}})
             return
         if chat:
             msgs = body.get("messages") or []

@@ -3,13 +3,18 @@ recorded once per router start id (idempotent), summed across restarts."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
+from fastapi.testclient import TestClient
 
 from argosy.core.clock import FakeClock
 from argosy.core.config import Settings
 from argosy.serve import router_usage
 from argosy.serve.reconciler import DeploymentReconciler
 from argosy.serve.routers import MemoryRouters, ProcessRouters
+from argosy.server.app import create_app
+from argosy.server.state import ServerState
 from argosy.store.db import Store
 from argosy.store.models import Deployment, RouterUsage
 from router.conftest import primaries
@@ -93,3 +98,24 @@ def test_an_older_report_never_lowers_the_recorded_counters(db_url: str) -> None
         assert router_usage.record(s, "d", {"keys": {}}, 3.0) is None  # not a usage report
     with store.session() as s:
         assert router_usage.totals(s, "d") == {"requests": 5, "prompt_tokens": 50, "completion_tokens": 9}
+
+
+def test_ledger_api_reports_tokens_per_deployment(settings: Settings) -> None:
+    store = Store(settings.db_url)
+    state = ServerState(settings=settings, store=store, server_url="http://127.0.0.1:1", clock=FakeClock(),
+                        routers=MemoryRouters())  # fmt: skip
+    _deployment(store, 1)
+    with store.session() as s:  # two router processes of the same deployment
+        for start, tin, tout in (("s1", 100, 40), ("s2", 7, 3)):
+            report = {
+                "start_id": start,
+                "total": {"requests": 2, "prompt_tokens": tin, "completion_tokens": tout},
+            }
+            router_usage.record(s, "dep1", report, 1.0)
+    with TestClient(create_app(state, run_loops=False)) as client:
+        key = json.loads(settings.credentials_path.read_text())["api_key"]
+        led = client.get("/api/v1/ledger", headers={"Authorization": f"Bearer {key}"}).json()
+    row = led["deployments"][0]
+    assert row["deployment"] == "m"
+    assert row["tokens"] == {"requests": 4, "prompt_tokens": 107, "completion_tokens": 43}
+    assert led["total"]["tokens"] == row["tokens"]

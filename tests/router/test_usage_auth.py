@@ -98,6 +98,22 @@ def test_failover_continuation_asks_for_usage_and_counts_the_second_backend(rout
     assert "a" not in usage["backends"]  # a died before its usage chunk: nothing counted for it
 
 
+def test_an_upstream_that_rejects_stream_options_gets_the_clients_own_body(router, backends) -> None:
+    a = backends("a", reject_stream_options=True)
+    r = router(backends=primaries(a))
+    for _ in range(2):
+        events = _stream(r.url, CHAT)
+        assert _text(events) == expected_text(5) and events[-1] == "[DONE]"
+    sent = [c["body"] for c in a.completions()]
+    # Asked once, refused, then the client's bytes; the router remembers and asks no more.
+    assert ["stream_options" in b for b in sent] == [True, False, False]
+    # A client that asked for usage itself still gets the upstream's own answer to that.
+    resp = httpx.post(
+        r.url + "/v1/chat/completions", json={**CHAT, "stream_options": {"include_usage": True}}
+    )
+    assert resp.status_code == 400 and "stream_options" in resp.json()["error"]["message"]
+
+
 def test_bad_json_gets_400_where_the_router_parses(router, backends) -> None:
     a = backends("a")
     r = router(backends=primaries(a))

@@ -459,6 +459,7 @@ class DeploymentReconciler:
         report = pull(dep) if pull is not None else None
         if report is not None:
             router_usage.record(s, dep.id, report, now)
+            s.commit()  # the table push that follows is HTTP: hold no write lock across it
             serverless_usage.record_estimates(s, dep, report, now)
 
     # -- nodes that no longer serve anything ---------------------------------------------------

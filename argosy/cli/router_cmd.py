@@ -72,6 +72,17 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option(help="Seconds a request waits for a usable backend before 503.")
         ] = None,
         access_log: Annotated[bool, typer.Option(help="Log one JSON line per request.")] = False,
+        metrics_token: Annotated[
+            str | None,
+            typer.Option(
+                envvar="ARGOSY_ROUTER_METRICS_TOKEN",
+                help="Bearer token that may read /metrics (and nothing else).",
+            ),
+        ] = None,
+        metrics_auth: Annotated[
+            str | None,
+            typer.Option(help="auto (default: open only on a loopback listen), on or off, for /metrics."),
+        ] = None,
     ) -> None:
         """Run the OpenAI-compatible router in front of backends (spot replicas, serverless fallbacks)."""
         overrides: dict[str, Any] = {}
@@ -89,6 +100,10 @@ def register(app: typer.Typer) -> None:
             overrides["admin_token"] = admin_token
         if access_log:
             overrides["access_log"] = True
+        if metrics_token:
+            overrides["metrics_token"] = metrics_token
+        if metrics_auth is not None:
+            overrides["metrics_auth"] = metrics_auth
         if queue_timeout is not None:
             overrides["limits"] = {"queue_timeout_s": queue_timeout}
         _run(overrides, config)

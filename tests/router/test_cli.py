@@ -49,6 +49,10 @@ def test_cli_router_process(backends) -> None:
             "round-robin",
             "--api-key",
             "k1",
+            "--metrics-auth",
+            "on",
+            "--metrics-token",
+            "mt",
         ],  # fmt: skip
         env=env,
         stderr=subprocess.PIPE,
@@ -64,6 +68,8 @@ def test_cli_router_process(backends) -> None:
         assert r.status_code == 200
         st = httpx.get(f"{url}/router/status", headers={"authorization": "Bearer tok"})
         assert st.status_code == 200 and st.json()["policy"] == "round-robin"
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        assert httpx.get(f"{url}/metrics", headers={"authorization": "Bearer mt"}).status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(20)

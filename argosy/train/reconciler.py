@@ -68,6 +68,7 @@ class Timeouts:
     provision_s: float = 1800.0
     start_s: float = 600.0  # placed -> the agent reports the runner running
     node_lost_s: float = 60.0  # unhealthy this long -> the job is queued again elsewhere
+    quiet_s: float = 5.0  # an agent silent this long makes us ask the provider whether it still runs
     done_grace_s: float = 30.0  # exit 0 -> the "done" event must have arrived by then
 
 
@@ -275,6 +276,13 @@ class TrainReconciler:
         if node is None:
             self._requeue(s, job, "its node record is missing", now)
             return
+        quiet = node.last_heartbeat is not None and now - node.last_heartbeat > self.timeouts.quiet_s
+        if quiet and node.status in ("ready", "unhealthy"):
+            # An agent that died (killed, or gone with the server that ran it) sends no more beats,
+            # and its node would look merely unhealthy for node_lost_s, then be reused as it is:
+            # the provider knows at once (the local one: the agent's pid is dead), and a dead node
+            # sends the job back to the queue, where placing starts a new agent and it resumes.
+            self._check_instance(s, node, now)
         lost = node.status == "unhealthy" and now - node.updated_at > self.timeouts.node_lost_s
         if node.status in DEAD_NODE_STATES or lost:
             # Bill only until the node went away (a server that was down must not charge its downtime).

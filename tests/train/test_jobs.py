@@ -417,6 +417,26 @@ def test_a_lost_node_queues_the_job_again(world: World) -> None:
     assert world.job(jid).state == "running"
 
 
+def test_a_silent_agent_is_checked_with_its_provider_and_the_job_moves_on(world: World) -> None:
+    # The agent died (killed, or with the server that started it): no more beats. Its node still
+    # says "ready"; the reconciler must not wait for it to look lost, but ask the provider.
+    jid = world.submit()
+    world.run(8)
+    world.train(jid, range(1, 4), checkpoint=3)
+    world.run(2)
+    first = world.job(jid).node_id
+    with world.store.session() as s:
+        iid = s.get(Node, first).provider_instance_id
+    world.fake.terminate(iid)  # the machine (and its agent) is gone; nobody told the server
+    world.run(7)  # past quiet_s (5 s), well before heartbeat_timeout + node_lost (75 s)
+    assert any("queued again, resumes from checkpoint step 3" in r for r in _reasons(world, jid))
+    with world.store.session() as s:
+        assert s.get(Node, first).status == "terminated"
+    world.run(10)
+    job = world.job(jid)
+    assert job.state == "running" and job.node_id != first
+
+
 def test_bad_input_is_refused_before_anything_is_recorded(world: World) -> None:
     with pytest.raises(ArgosyError, match="unknown base model") as e, world.store.session() as s:
         job_svc.submit(s, job_svc.TrainRequest("./nope", world.digest), world.settings, world.provider, 0)

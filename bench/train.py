@@ -12,16 +12,27 @@ machine hits both alike:
 - reference: transformers' Trainer on a PEFT model (no checkpoints, no tracking, `report_to=[]`),
   run by this file with `--reference-worker`. Loop time: the `trainer.train()` call.
 
+- argosy job: the same fine-tune as a real job — a real `argosy server` process on a free port with
+  its own temporary ARGOSY_HOME (ARGOSY_CACHE_DIR shared, so nothing is rebuilt), the dataset
+  uploaded over the API, the job submitted (the same hyper-parameters), placed on the local node
+  (whose agent the server starts) and followed until `succeeded`. Loop time: the runner's start
+  event to its last step; end to end: submit to succeeded (upload timed apart). Its phases (queue
+  and placement, agent and runner start, the loop, save and register) come from the job's own
+  events, and `overhead_s` is its end to end minus the direct runner's process time in the same run.
+
 Reports medians of tokens/s (input tokens, padding excluded) over the training loop and end to end
-(process start to exit), and argosy / reference ratios. More variants (e.g. the job machinery:
-server + agent spawning the runner) plug in through `VARIANTS`: a function from a `Setup` to a `Sample`.
+(process start to exit), and argosy / reference ratios. Variants plug in through `VARIANTS`: a
+function from a `Setup` and the round number to a `Sample`. Every process a variant starts is
+stopped before the run ends (the server by `argosy server stop`, which stops its agent and runners).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -29,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +73,8 @@ class Setup:
     threads: int = (
         1  # torch intra-op threads, both sides (see docs/performance.md: 2 spin on a busy 2-core box)
     )
+    # The job variant's server (one for all rounds, started on first use); bench() sets it.
+    job_server: Any = field(default=None, compare=False, repr=False)
 
     def spec(self, job_id: str, output_dir: Path) -> dict[str, Any]:
         """The TrainSpec (as JSON) the runner is given; a job-machinery variant submits the same."""
@@ -91,6 +104,7 @@ class Sample:
     tokens: int
     loop_s: float
     total_s: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds, for variants that have them
 
     @property
     def loop_tps(self) -> float:
@@ -137,7 +151,8 @@ def run_reference(setup: Setup, n: int) -> Sample:
     out = setup.work / f"reference-{n}"
     result = out / "result.json"
     out.mkdir(parents=True)
-    args = json.dumps({**asdict(setup), "out": str(out)}, default=str)
+    plain = {f.name: getattr(setup, f.name) for f in fields(setup) if f.name != "job_server"}
+    args = json.dumps({**plain, "out": str(out)}, default=str)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--reference-worker", args], check=True, cwd=ROOT)
     total = time.perf_counter() - t0
@@ -145,12 +160,103 @@ def run_reference(setup: Setup, n: int) -> Sample:
     return Sample(tokens=int(r["tokens"]), loop_s=float(r["loop_s"]), total_s=total)
 
 
-# name -> function; J's job-machinery variant (server + agent + runner) adds itself here.
+class JobServer:
+    """A real `argosy server` on a free port with its own ARGOSY_HOME, started on first use."""
+
+    def __init__(self, work: Path) -> None:
+        from argosy.core.host import free_port
+
+        self.home = work / "server-home"
+        self.env = {
+            **os.environ,
+            "ARGOSY_HOME": str(self.home),
+            "ARGOSY_CACHE_DIR": str(load_settings().cache_dir),  # llama-server and models shared
+            "ARGOSY_SERVER_PORT": str(free_port()),
+        }
+        for k in ("ARGOSY_SERVER_URL", "ARGOSY_DATABASE_URL", "ARGOSY_CONFIG", "ARGOSY_API_KEY"):
+            self.env.pop(k, None)
+        self.started = False
+        self.client: Any = None
+
+    def _cli(self, *args: str) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "argosy", *args], check=True, cwd=ROOT, env=self.env, timeout=180
+        )
+
+    def ensure(self) -> Any:
+        if self.client is None:
+            from argosy.client import ArgosyClient
+            from argosy.core.credentials import read_credentials
+
+            self.started = True
+            self._cli("server", "start")
+            creds = read_credentials(self.home / "credentials")
+            self.client = ArgosyClient(str(creds["server_url"]), str(creds["api_key"]), timeout=120)
+        return self.client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.started:  # stops its routers and the local agent, which stops its runners
+            self._cli("server", "stop")
+
+
+def run_argosy_job(setup: Setup, n: int) -> Sample:
+    assert setup.job_server is not None, "the job variant needs Setup.job_server (bench() sets it)"
+    client = setup.job_server.ensure()
+    t0 = time.time()
+    with setup.dataset.open("rb") as f:
+        ds = client.request(
+            "POST",
+            "/train/datasets",
+            params={"name": f"bench-{n}"},
+            content=f.read(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    t_submit = time.time()
+    spec = setup.spec("unused", setup.work)
+    machine = ("job_id", "base_model", "dataset", "output_dir")
+    body = {
+        "base_model": str(setup.base_model),
+        "dataset": ds["digest"],
+        "params": {k: v for k, v in spec.items() if k not in machine},
+        "name": f"bench-job-{n}",
+        "provider": "local",
+    }
+    job = client.request("POST", "/train/jobs", json=body)
+    t_queued = time.time()
+    while job["state"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.1)
+        job = client.request("GET", f"/train/jobs/{job['id']}")
+    t_end = time.time()
+    assert job["state"] == "succeeded", job["reason"]
+    evs = read_events(Path(job["output_dir"]) / "progress.jsonl")[0]
+    start = next(e for e in evs if e["type"] == "start")
+    steps = [e for e in evs if e["type"] == "step"]
+    done = evs[-1]
+    assert done["type"] == "done", done
+    # The job's transitions, by the server's clock (the same machine's clock as the runner's ts).
+    at = {e["to"]: e["ts"] for e in job["events"] if e["from"] != e["to"]}
+    phases = {
+        "upload_s": t_submit - t0,
+        "submit_s": t_queued - t_submit,  # the POST: validation, fit check, placement plan, the row
+        "queue_and_place_s": at["placing"] - t_queued,  # the reconciler takes it, starts the agent
+        "agent_and_runner_start_s": start["ts"] - at["placing"],  # agent up, runner imports and loads
+        "loop_s": steps[-1]["ts"] - start["ts"],
+        "save_and_register_s": t_end - steps[-1]["ts"],  # output, heartbeat, check, register, poll
+    }
+    return Sample(
+        tokens=int(done["tokens"]), loop_s=phases["loop_s"], total_s=t_end - t_submit, phases=phases
+    )
+
+
 VARIANTS: dict[str, Callable[[Setup, int], Sample]] = {
     "argosy runner": run_argosy_runner,
+    "argosy job (server + agent + runner)": run_argosy_job,
     "transformers Trainer + PEFT": run_reference,
 }
 REFERENCE = "transformers Trainer + PEFT"
+DIRECT, JOB = "argosy runner", "argosy job (server + agent + runner)"
 
 
 def reference_worker(args: dict[str, Any]) -> None:
@@ -237,8 +343,9 @@ def reference_worker(args: dict[str, Any]) -> None:
 
 def bench(rounds: int, steps: int, threads: int = 1) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="argosy-bench-train-"))
+    server = JobServer(work)
     try:
-        setup = make_setup(work, steps, threads)
+        setup = replace(make_setup(work, steps, threads), job_server=server)
         samples: dict[str, list[Sample]] = {name: [] for name in VARIANTS}
         for r in range(rounds):
             for name, fn in VARIANTS.items():
@@ -265,14 +372,31 @@ def bench(rounds: int, steps: int, threads: int = 1) -> dict[str, Any]:
                 "loop_s_median": statistics.median(s.loop_s for s in ss),
                 "total_s_median": statistics.median(s.total_s for s in ss),
             }
+            if ss[0].phases:
+                table[name]["phases_median_s"] = {
+                    k: statistics.median(s.phases[k] for s in ss) for k in ss[0].phases
+                }
+        machinery = None
+        if JOB in samples and DIRECT in samples:
+            # Per round (same load for both), then the median: what the job machinery adds.
+            diffs = [j.total_s - d.total_s for j, d in zip(samples[JOB], samples[DIRECT], strict=True)]
+            machinery = {
+                "overhead_s_median": statistics.median(diffs),
+                "overhead_s_rounds": diffs,
+                "job_over_direct_total": table[JOB]["total_s_median"] / table[DIRECT]["total_s_median"],
+            }
         return {
             "rounds": rounds,
             "steps": steps,
             "batch_size": setup.batch_size,
             "threads": threads,
             "results": table,
+            "job_machinery": machinery,
+            "load_average": os.getloadavg(),
         }
     finally:
+        with contextlib.suppress(Exception):
+            server.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -298,6 +422,17 @@ def main() -> None:
         print(
             f"| {name} | {r['loop_tok_s']:.0f} | {r['total_tok_s']:.0f} | {r['loop_ratio']:.3f} | {r['total_ratio']:.3f} |"
         )
+    m = res["job_machinery"]
+    if m:
+        ph = res["results"][JOB]["phases_median_s"]
+        print(
+            f"\njob machinery overhead (job submit->succeeded minus the direct runner process, per round): "
+            f"median {m['overhead_s_median']:.1f} s (rounds: {', '.join(f'{d:.1f}' for d in m['overhead_s_rounds'])}); "
+            f"job / direct wall time {m['job_over_direct_total']:.2f}"
+        )
+        print("job phases (medians, s): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
+    la = res["load_average"]
+    print(f"load average at the end: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))
 

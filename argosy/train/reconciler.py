@@ -411,7 +411,11 @@ class TrainReconciler:
 
     def _check_instance(self, s: Session, node: Node, now: float) -> None:
         try:
-            inst = self.providers(node.provider).status(node.provider_instance_id)
+            provider = self.providers(node.provider)
+        except ArgosyError:
+            return  # enrolled by hand ("manual"): no provider to ask; its heartbeats are all we have
+        try:
+            inst = provider.status(node.provider_instance_id)
         except ArgosyError as exc:
             log.warning("status of %s failed: %s", node.provider_instance_id, exc)
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -11,22 +13,38 @@ from argosy.store.models import LedgerEntry, Replica
 BILLABLE_STATES = frozenset({"provisioning", "starting", "ready", "draining"})
 
 
-def accrue_replica(session: Session, replica: Replica, provider: str, now: float) -> float:
-    """Charge `replica` up to `now`, extending its open ledger span. Returns the USD added.
+class Billable(Protocol):
+    """What the ledger needs of a paid resource (replicas, training jobs): its rate and how far it is billed."""
+
+    id: str
+    offering: dict[str, Any]
+    price_per_hour: float | None
+    billed_until: float | None
+
+
+def accrue(
+    session: Session,
+    resource: Billable,
+    kind: str,
+    provider: str,
+    now: float,
+    deployment_id: str | None = None,
+) -> float:
+    """Charge `resource` up to `now`, extending its open ledger span. Returns the USD added.
 
     Idempotent over time: calling twice at the same `now` charges nothing the second time.
     """
-    start = replica.billed_until
-    replica.billed_until = now
+    start = resource.billed_until
+    resource.billed_until = now
     if start is None or now <= start:
         return 0.0
-    price = replica.price_per_hour or 0.0
+    price = resource.price_per_hour or 0.0
     seconds = now - start
     cost = seconds * price / 3600.0
     last = session.scalars(
         select(LedgerEntry)
         .where(
-            LedgerEntry.resource_id == replica.id,
+            LedgerEntry.resource_id == resource.id,
             LedgerEntry.end_ts == start,
             LedgerEntry.price_per_hour == price,
         )
@@ -39,11 +57,11 @@ def accrue_replica(session: Session, replica: Replica, provider: str, now: float
     else:
         session.add(
             LedgerEntry(
-                resource_kind="replica",
-                resource_id=replica.id,
-                deployment_id=replica.deployment_id,
+                resource_kind=kind,
+                resource_id=resource.id,
+                deployment_id=deployment_id,
                 provider=provider,
-                offering_key=str(replica.offering.get("key", "")),
+                offering_key=str(resource.offering.get("key", "")),
                 start_ts=start,
                 end_ts=now,
                 seconds=seconds,
@@ -52,6 +70,11 @@ def accrue_replica(session: Session, replica: Replica, provider: str, now: float
             )
         )
     return cost
+
+
+def accrue_replica(session: Session, replica: Replica, provider: str, now: float) -> float:
+    """A replica's machine time, kept under its deployment."""
+    return accrue(session, replica, "replica", provider, now, deployment_id=replica.deployment_id)
 
 
 def totals(session: Session, deployment_id: str | None = None) -> dict[str, float]:

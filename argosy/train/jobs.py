@@ -31,6 +31,7 @@ from argosy.placement.types import NoPlacementError
 from argosy.providers.base import Instances, Offerings, Preflight, SharedFilesystem
 from argosy.providers.registry import PROVIDERS
 from argosy.serve.reconciler import offering_dict
+from argosy.store.ledger import accrue
 from argosy.store.models import Event, LedgerEntry, Node, RegisteredModel, TrainJob, TrainMetric
 from argosy.train import datasets
 
@@ -107,40 +108,7 @@ def job_events(s: Session, job_id: str, after_id: int = 0) -> list[dict[str, Any
 
 def accrue_job(s: Session, job: TrainJob, provider: str, now: float) -> float:
     """Charge the job's node time up to `now` (idempotent at the same `now`); resource_kind "job"."""
-    start = job.billed_until
-    job.billed_until = now
-    if start is None or now <= start:
-        return 0.0
-    price = job.price_per_hour or 0.0
-    seconds = now - start
-    cost = seconds * price / 3600.0
-    last = s.scalars(
-        select(LedgerEntry)
-        .where(
-            LedgerEntry.resource_id == job.id,
-            LedgerEntry.end_ts == start,
-            LedgerEntry.price_per_hour == price,
-        )
-        .limit(1)
-    ).first()
-    if last is not None:
-        last.end_ts, last.seconds, last.cost_usd = now, last.seconds + seconds, last.cost_usd + cost
-    else:
-        s.add(
-            LedgerEntry(
-                resource_kind="job",
-                resource_id=job.id,
-                deployment_id=None,
-                provider=provider,
-                offering_key=str(job.offering.get("key", "")),
-                start_ts=start,
-                end_ts=now,
-                seconds=seconds,
-                price_per_hour=price,
-                cost_usd=cost,
-            )
-        )
-    return cost
+    return accrue(s, job, "job", provider, now)
 
 
 def job_cost(s: Session, job_id: str) -> dict[str, float]:

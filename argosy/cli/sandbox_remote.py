@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote
 
 from argosy.client import ArgosyClient
 from argosy.core.errors import ArgosyError
+from argosy.core.sse import sse_events
 from argosy.sandbox.models import ExecRequest, ExecResult, SessionCreate, SessionExec, SessionInfo
 from argosy.sandbox.namespaces import OutputSink
 
@@ -21,23 +21,18 @@ class RemoteRunner:
         if on_output is None:
             return ExecResult.model_validate(self.client.request("POST", "/sandbox/execute", json=body))
         # Server-sent events: stdout/stderr chunks as they come, then the result (or an error).
-        event = ""
         url = "/api/v1/sandbox/execute"
         with self.client._http.stream("POST", url, params={"stream": "true"}, json=body) as r:
             if r.status_code >= 400:
                 r.read()
                 self.client._raise(r)
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    data = json.loads(line[6:])
-                    if event in ("stdout", "stderr"):
-                        on_output(event, data["text"].encode())
-                    elif event == "result":
-                        return ExecResult.model_validate(data)
-                    elif event == "error":
-                        raise ArgosyError(data["message"], fix=data.get("fix"))
+            for event, data in sse_events(r.iter_lines()):
+                if event in ("stdout", "stderr"):
+                    on_output(event, data["text"].encode())
+                elif event == "result":
+                    return ExecResult.model_validate(data)
+                elif event == "error":
+                    raise ArgosyError(data["message"], fix=data.get("fix"))
         raise ArgosyError("the server ended the stream without a result", fix="retry; see the server's log")
 
     def create_session(self, req: SessionCreate) -> SessionInfo:

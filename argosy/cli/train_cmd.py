@@ -19,6 +19,7 @@ from argosy.cli.connect import connect
 from argosy.cli.output import OUTPUT_OPTION, ago, check_format, emit_json, money, table
 from argosy.client import ArgosyClient
 from argosy.core.errors import ArgosyError, ServerUnreachableError
+from argosy.core.sse import sse_events
 
 err = Console(stderr=True, soft_wrap=True)
 UPLOAD_CHUNK = 1 << 20
@@ -59,12 +60,7 @@ def _params(**kw: Any) -> dict[str, Any]:
 
 
 def _sse(client: ArgosyClient, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    event = "message"
-    for line in client.stream_lines("GET", path):
-        if line.startswith("event: "):
-            event = line[7:].strip()
-        elif line.startswith("data: "):
-            yield event, json.loads(line[6:])
+    return sse_events(client.stream_lines("GET", path))
 
 
 def _follow(client: ArgosyClient, job_id: str) -> dict[str, Any]:

@@ -13,13 +13,13 @@ told apart, because what the server may do next differs:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from argosy.core.errors import ArgosyError, NotFoundError
+from argosy.core.sse import sse_events
 from argosy.sandbox.errors import (
     BackendUnavailableError,
     SandboxBusyError,
@@ -144,7 +144,6 @@ class NodeClient:
         if on_output is None:
             r = self._request("POST", "/sandbox/execute", timeout=timeout, json=body)
             return ExecResult.model_validate(r.json())
-        event = ""
         try:
             with self._http.stream(
                 "POST",
@@ -156,22 +155,18 @@ class NodeClient:
                 if r.status_code >= 400:
                     r.read()
                     self._raise_for(r)
-                for line in r.iter_lines():
-                    if line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: "):
-                        data = json.loads(line[6:])
-                        if event in ("stdout", "stderr"):
-                            on_output(event, data["text"].encode())
-                        elif event == "result":
-                            return ExecResult.model_validate(data)
-                        elif event == "error":
-                            status = int(data.get("status") or 500)
-                            name = str(data.get("error") or "SandboxError")
-                            cls = _BY_NAME.get(name)
-                            if cls is not None and cls.http_status == status:
-                                raise cls(data.get("message", ""), fix=data.get("fix"))
-                            raise NodeAnswerError(data.get("message", ""), data.get("fix"), status, name)
+                for event, data in sse_events(r.iter_lines()):
+                    if event in ("stdout", "stderr"):
+                        on_output(event, data["text"].encode())
+                    elif event == "result":
+                        return ExecResult.model_validate(data)
+                    elif event == "error":
+                        status = int(data.get("status") or 500)
+                        name = str(data.get("error") or "SandboxError")
+                        cls = _BY_NAME.get(name)
+                        if cls is not None and cls.http_status == status:
+                            raise cls(data.get("message", ""), fix=data.get("fix"))
+                        raise NodeAnswerError(data.get("message", ""), data.get("fix"), status, name)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise self._unreachable(exc) from exc
         except httpx.HTTPError as exc:

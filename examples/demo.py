@@ -20,10 +20,7 @@ NAME = "tiny"
 def argosy(*args: str, capture: bool = False) -> str:
     cmd = [sys.executable, "-m", "argosy", *args]
     print(f"\n$ argosy {' '.join(args)}", flush=True)
-    if capture:
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    else:
-        res = subprocess.run(cmd)
+    res = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)
     if res.returncode != 0:
         sys.exit(f"demo: `argosy {' '.join(args)}` failed with exit code {res.returncode}")
     return res.stdout if capture else ""

@@ -114,10 +114,11 @@ def row_text(fmt: str, row: dict[str, Any], line: int) -> str:
     return _need_str(row, "text", line)
 
 
-def iter_rows(lines: Iterable[str]) -> Iterable[tuple[int, str, str]]:
-    """Yield (line number, format, text) for each non-blank line; the first row fixes the format.
+def iter_parsed(lines: Iterable[str]) -> Iterable[tuple[int, str, Any]]:
+    """Yield (line number, format, row) for each non-blank line; the first row fixes the format.
 
-    A file whose first line is not JSON is plain text: one example per line.
+    A file whose first line is not JSON is plain text: one example per line, the row its text.
+    JSON rows are validated objects of that format.
     """
     fmt: str | None = None
     for n, raw in enumerate(lines, start=1):
@@ -142,7 +143,18 @@ def iter_rows(lines: Iterable[str]) -> Iterable[tuple[int, str, str]]:
             ) from exc
         if not isinstance(row, dict):
             raise _fail(n, None, "expected a JSON object", "one JSON object per line")
-        yield n, fmt, row_text(fmt, row, n)
+        yield n, fmt, row
+
+
+def iter_rows(lines: Iterable[str]) -> Iterable[tuple[int, str, str]]:
+    """Yield (line number, format, text) for each non-blank line (see iter_parsed)."""
+    for n, fmt, row in iter_parsed(lines):
+        yield n, fmt, row if isinstance(row, str) else row_text(fmt, row, n)
+
+
+def validation_key(seed: int, line: int) -> float:
+    """Where a line falls in [0, 1] for the deterministic train/validation split (seed and line number)."""
+    return int(hashlib.sha256(f"{seed}:{line}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
 def _bucket(n: int) -> str:
@@ -249,6 +261,5 @@ def split(path: Path, validation_fraction: float, seed: int = 0) -> tuple[list[s
     val: list[str] = []
     with path.open(encoding="utf-8") as fh:
         for n, _, text in iter_rows(fh):
-            key = int(hashlib.sha256(f"{seed}:{n}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-            (val if key < validation_fraction else train).append(text)
+            (val if validation_key(seed, n) < validation_fraction else train).append(text)
     return train, val

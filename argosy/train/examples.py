@@ -8,13 +8,11 @@ Validation is datasets.py's, so a row is rejected here for exactly the reason up
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from argosy.train.datasets import DatasetError, detect_format, row_text
+from argosy.train.datasets import DatasetError, iter_parsed, row_text, validation_key
 
 
 @dataclass(frozen=True)
@@ -41,41 +39,19 @@ def _example(fmt: str, row: dict[str, Any], line: int) -> Example:
 
 
 def read_examples(path: Path) -> list[Example]:
-    """Every example in a dataset file; the first row fixes the format (as in datasets.iter_rows)."""
+    """Every example in a dataset file; the first row fixes the format (datasets.iter_parsed)."""
     if not path.is_file():
         raise DatasetError(
             f"dataset {path} does not exist", fix="upload it with `argosy train dataset upload FILE`"
         )
     out: list[Example] = []
-    fmt: str | None = None
     with path.open(encoding="utf-8") as fh:
         try:
-            for n, raw in enumerate(fh, start=1):
-                s = raw.strip()
-                if not s:
-                    continue
-                if fmt is None:
-                    try:
-                        first = json.loads(s)
-                    except json.JSONDecodeError:
-                        fmt = "plain"
-                    else:
-                        fmt = detect_format(first, n)
-                if fmt == "plain":
-                    out.append(Example(n, "text", segments=((s, True),)))
-                    continue
-                try:
-                    row = json.loads(s)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(
-                        f"dataset line {n}: not valid JSON ({exc.msg} at column {exc.colno})",
-                        fix="fix the JSON on that line",
-                    ) from exc
-                if not isinstance(row, dict):
-                    raise DatasetError(
-                        f"dataset line {n}: expected a JSON object", fix="one JSON object per line"
-                    )
-                out.append(_example(fmt, row, n))
+            for n, fmt, row in iter_parsed(fh):
+                if isinstance(row, str):  # plain text: one example per line, learnt in full
+                    out.append(Example(n, "text", segments=((row, True),)))
+                else:
+                    out.append(_example(fmt, row, n))
         except UnicodeDecodeError as exc:
             raise DatasetError(
                 f"dataset {path} is not UTF-8 text (byte {exc.start})", fix="save the file as UTF-8"
@@ -87,8 +63,7 @@ def read_examples(path: Path) -> list[Example]:
 
 def is_validation(seed: int, line: int, fraction: float) -> bool:
     """The same deterministic key as datasets.split (a hash of seed and line number)."""
-    key = int(hashlib.sha256(f"{seed}:{line}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return key < fraction
+    return validation_key(seed, line) < fraction
 
 
 def split_examples(

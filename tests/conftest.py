@@ -84,3 +84,30 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def api(settings: Settings):  # type: ignore[no-untyped-def]
+    """The real server app over SQLite with a fake clock and in-memory routers, no reconciler loops:
+    a TestClient carrying the admin key, and the ServerState behind it."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from argosy.core.clock import FakeClock
+    from argosy.serve.routers import MemoryRouters
+    from argosy.server.app import create_app
+    from argosy.server.state import ServerState
+    from argosy.store.db import Store
+
+    state = ServerState(
+        settings=settings,
+        store=Store(settings.db_url),
+        server_url="http://127.0.0.1:1",
+        clock=FakeClock(),
+        routers=MemoryRouters(),
+    )
+    with TestClient(create_app(state, run_loops=False)) as client:
+        key = json.loads(settings.credentials_path.read_text())["api_key"]
+        client.headers["Authorization"] = f"Bearer {key}"
+        yield client, state

@@ -11,32 +11,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from argosy.core.clock import FakeClock
 from argosy.core.config import Settings
-from argosy.serve.routers import MemoryRouters
-from argosy.server.app import create_app
-from argosy.server.state import ServerState
-from argosy.store.db import Store
 from argosy.store.keys import create_key
 from argosy.store.models import Node
 from tests.conftest import write_model_config
 
 ROWS = "".join(json.dumps({"prompt": f"p{i}", "completion": f" c{i}"}) + "\n" for i in range(12))
-
-
-@pytest.fixture
-def api(settings: Settings):  # type: ignore[no-untyped-def]
-    state = ServerState(
-        settings=settings,
-        store=Store(settings.db_url),
-        server_url="http://127.0.0.1:1",
-        clock=FakeClock(),
-        routers=MemoryRouters(),
-    )
-    with TestClient(create_app(state, run_loops=False)) as client:
-        key = json.loads(settings.credentials_path.read_text())["api_key"]
-        client.headers["Authorization"] = f"Bearer {key}"
-        yield client, state
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from argosy.core import proc
 from argosy.core.host import free_port, port_in_use
-from tests.e2e.helpers import cli_json, run_cli
+from tests.e2e.helpers import cli_json, run_cli, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -33,16 +32,6 @@ def tiny(tmp_path: Path) -> Path:
     assert res.returncode == 0, res.stderr
     assert (path / "config.json").exists()
     return path
-
-
-def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_deploy_stream_crash_replace_destroy(env: dict[str, str], tiny: Path, home: Path) -> None:
@@ -81,7 +70,7 @@ def test_deploy_stream_crash_replace_destroy(env: dict[str, str], tiny: Path, ho
             return d
         return None
 
-    after = _wait(replaced, 120, "the crashed replica to be marked failed and replaced")
+    after = wait_for(replaced, 120, "the crashed replica to be marked failed and replaced")
     failed = next(r for r in after["replicas"] if r["id"] == first["id"])
     assert "exited" in failed["reason"] and "signal 9" in failed["reason"]
     new = next(r for r in after["replicas"] if r["state"] == "ready")
@@ -101,7 +90,7 @@ def test_deploy_stream_crash_replace_destroy(env: dict[str, str], tiny: Path, ho
     res = run_cli("destroy", "tiny", env=env, timeout=180)
     assert res.returncode == 0, res.stderr
     assert cli_json("list", env=env) == []
-    _wait(lambda: not any(proc.alive(p) for p in seen_pids), 30, "every process to exit")
+    wait_for(lambda: not any(proc.alive(p) for p in seen_pids), 30, "every process to exit")
     assert not any(port_in_use("127.0.0.1", p) for p in ports)
 
     cost = cli_json("cost", env=env)
@@ -134,7 +123,7 @@ def test_server_restart_resumes_the_deployment(env: dict[str, str], tiny: Path) 
         d = cli_json("status", "tiny", env=env)
         return d if d["ready_replicas"] == 1 and d["endpoint"] else None
 
-    after = _wait(ready, 180, "the deployment to come back after a server restart")
+    after = wait_for(ready, 180, "the deployment to come back after a server restart")
     assert after["router"]["port"] == before["router"]["port"]  # same endpoint for clients
     from openai import OpenAI
 

@@ -30,7 +30,7 @@ import pytest
 from argosy.core import proc
 from argosy.core.host import free_port
 from argosy.train.progress import read_events
-from tests.e2e.helpers import cli_json, run_cli
+from tests.e2e.helpers import cli_json, run_cli, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -53,13 +53,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return wait_for(predicate, timeout, what, interval=0.3)
 
 
 class Run:

@@ -8,7 +8,6 @@ completion through the router -> destroy; every process it started is gone after
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from argosy.core import proc
 from argosy.core.host import free_port
-from tests.e2e.helpers import cli_json, run_cli
+from tests.e2e.helpers import cli_json, run_cli, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -41,16 +40,6 @@ def _dataset(path: Path, rows: int = 64) -> Path:
         )
     )
     return path
-
-
-def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_upload_train_report_deploy_chat_destroy(env: dict[str, str], home: Path, tmp_path: Path) -> None:
@@ -114,4 +103,4 @@ def test_upload_train_report_deploy_chat_destroy(env: dict[str, str], home: Path
     }
     assert run_cli("destroy", "colours-tune", env=env, timeout=180).returncode == 0
     assert run_cli("server", "stop", env=env, timeout=60).returncode == 0
-    _wait(lambda: not any(proc.alive(p) for p in pids if p), 30, "every process to exit")
+    wait_for(lambda: not any(proc.alive(p) for p in pids if p), 30, "every process to exit")

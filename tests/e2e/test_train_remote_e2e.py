@@ -18,8 +18,8 @@ import pytest
 
 from argosy.core import proc
 from argosy.core.host import free_port
-from tests.e2e.helpers import cli_json, run_cli
-from tests.e2e.test_train_e2e import _dataset, _wait
+from tests.e2e.helpers import cli_json, run_cli, wait_for
+from tests.e2e.test_train_e2e import _dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -52,7 +52,7 @@ def test_train_on_a_separate_node_ships_inputs_and_output(
         start_new_session=True,
     )
     try:
-        _wait(
+        wait_for(
             lambda: any(
                 n["name"] == "remote1" and n["status"] == "ready"
                 for n in cli_json("status", env=env)["nodes"]
@@ -100,4 +100,4 @@ def test_train_on_a_separate_node_ships_inputs_and_output(
         proc.stop(agent.pid, timeout=20)
         agent.wait(timeout=10)
         log.close()
-    _wait(lambda: not proc.alive(agent.pid), 30, "the second agent to exit")
+    wait_for(lambda: not proc.alive(agent.pid), 30, "the second agent to exit")

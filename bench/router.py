@@ -10,7 +10,11 @@ one write per event: back to back, or interleaved one event per stream per loop 
 reference proxy (keep-alive upstream, no buffering), `pyfloor` (a bare uvloop byte pipe: the floor any
 Python proxy pays here), a plain aiohttp proxy and `argosy router`. Every proxy runs pinned to CPU 0
 for the whole run; wrk and the backends share the other CPUs. Phases are interleaved over rounds and
-medians reported, with the load average (the machine may be shared). It prints requests/s, p50/p99
+medians reported, with the load average (the machine may be shared). The c=1 phase runs twice: with
+the proxy on its own CPU (`c1`), and moved onto the CPU of wrk and the backend (`c1s`). On a VM whose
+idle vCPUs halt, waking another vCPU costs ~100 us each way, which every proxy pays twice per request
+in `c1` (nginx included) and none pays in `c1s`: the difference separates the machine's cost of a
+cross-CPU hop from the proxy's own added latency. It prints requests/s, p50/p99
 latency, proxy CPU microseconds per request, relayed SSE chunks/s and chunks per proxy CPU-second (what
 one proxy core can relay, independent of how fast the backend and wrk are), and ratios to nginx. nginx
 and wrk are installed from Debian if missing.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -85,9 +90,8 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its descendants (nginx's worker, taskset's child), from /proc."""
-    tree = {pid}
+def _tree(pid: int) -> dict[int, list[str]]:
+    """A process and its descendants (nginx's worker, taskset's child): pid -> its /proc stat fields."""
     procs = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -96,15 +100,31 @@ def cpu_seconds(pid: int) -> float:
             except OSError:
                 continue
             procs.append((int(d.name), int(f[1]), f))
+    tree = {p: f for p, _, f in procs if p == pid}
     changed = True
     while changed:
         changed = False
-        for p, ppid, _ in procs:
+        for p, ppid, f in procs:
             if ppid in tree and p not in tree:
-                tree.add(p)
+                tree[p] = f
                 changed = True
-    total = sum(int(f[11]) + int(f[12]) for p, _, f in procs if p in tree)
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its descendants, from /proc."""
+    total = sum(int(f[11]) + int(f[12]) for f in _tree(pid).values())
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def pin_tree(pid: int, cpus: str) -> None:
+    """Move every thread of a process and its descendants to `cpus` ("1" or "1-3")."""
+    lo, _, hi = cpus.partition("-")
+    mask = set(range(int(lo), int(hi or lo) + 1))
+    for p in _tree(pid):
+        for task in Path(f"/proc/{p}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), mask)
 
 
 def rss_kb(pid: int) -> int:
@@ -362,7 +382,11 @@ def main() -> None:
         default="nginx,pyfloor,aiohttp,argosy",
         help="comma-separated subset (pyfloor: a bare uvloop byte pipe, the floor for any Python proxy)",
     )
-    ap.add_argument("--phases", default="c1,c64,sse,ssei", help="comma-separated subset of c1,c64,sse,ssei")
+    ap.add_argument(
+        "--phases",
+        default="c1,c1s,c64,sse,ssei",
+        help="comma-separated subset of c1,c1s (c=1 with the proxy on the client's CPU),c64,sse,ssei",
+    )
     ap.add_argument("--baseline", type=Path, help="directory holding an older `argosy` package to compare")
     ap.add_argument(
         "--memory-requests",
@@ -414,7 +438,7 @@ def main() -> None:
         print(f"machine: {ncpu} CPUs, load average {load0[0]:.2f}; proxies pinned to CPU {proxy_cpu}, wrk and "
               f"backends to {load_cpus}; {args.rounds} rounds of {args.duration:g} s phases\n", flush=True)  # fmt: skip
         raw: dict[str, dict[str, list[dict[str, float]]]] = {
-            n: {"c1": [], "c64": [], "sse": [], "ssei": []} for n in names
+            n: {"c1": [], "c1s": [], "c64": [], "sse": [], "ssei": []} for n in names
         }
         raw["direct"] = {"c1": []}
         for rnd in range(args.rounds):
@@ -428,6 +452,16 @@ def main() -> None:
                         raw[name][phase].append(
                             measure(name, p_static, a.pid, conns, args.duration, lua, load_cpus)
                         )
+                if "c1s" in phases:
+                    # The same c=1 run with the proxy moved onto wrk's and the backend's CPU: no
+                    # cross-vCPU wake-ups, so what remains over direct is the proxy's own work.
+                    pin_tree(a.pid, load_cpus)
+                    try:
+                        raw[name]["c1s"].append(
+                            measure(f"{name}@1cpu", p_static, a.pid, 1, args.duration, lua, load_cpus)
+                        )
+                    finally:
+                        pin_tree(a.pid, proxy_cpu)
                 for phase, port, pid, conns in (("sse", p_sse, b.pid, 16), ("ssei", p_ssei, c.pid, 64)):
                     if phase not in phases:
                         continue
@@ -492,22 +526,24 @@ def report(res: dict[str, Any]) -> None:
         return f"{x / y:.2f}x" if y else "n/a"
 
     ref = med.get("nginx") if "c64" in med.get("nginx", {}) and "sse" in med.get("nginx", {}) else None
-    print(f"  {'proxy':<9} {'c64 req/s':>10} {'x nginx':>8} {'c1 p50':>8} {'added':>8} {'c1 cpu':>8} {'c64 cpu':>8} "
+    print(f"  {'proxy':<9} {'c64 req/s':>10} {'x nginx':>8} {'c1 p50':>8} {'added':>8} {'c1 cpu':>8} {'1cpu p50':>9} {'added':>7} {'c64 cpu':>8} "
           f"{'| SSE bursts chunks/s':>21} {'chunks/CPU-s':>13} {'| interleaved chunks/s':>22} "
           f"{'chunks/CPU-s':>13}")  # fmt: skip
     nan = {k: float("nan") for k in ("rps", "p50", "cpu_us", "chunks_per_s", "chunks_per_cpu_s")}
     for name, m in med.items():
         if name == "direct":
             continue
-        c1, c64, s, si = (m.get(ph, nan) for ph in ("c1", "c64", "sse", "ssei"))
+        c1, c1s, c64, s, si = (m.get(ph, nan) for ph in ("c1", "c1s", "c64", "sse", "ssei"))
         print(f"  {name:<9} {c64['rps']:>10,.0f} {ratio(c64['rps'], ref['c64']['rps']) if ref else '':>8} "
               f"{c1['p50'] * 1e6:>6.0f}us {(c1['p50'] - direct['p50']) * 1e6:>6.0f}us {c1['cpu_us']:>6.0f}us "
+              f"{c1s['p50'] * 1e6:>7.0f}us {(c1s['p50'] - direct['p50']) * 1e6:>5.0f}us "
               f"{c64['cpu_us']:>6.0f}us "
               f"{s['chunks_per_s']:>21,.0f} {s['chunks_per_cpu_s']:>13,.0f} {si['chunks_per_s']:>22,.0f} "
               f"{si['chunks_per_cpu_s']:>13,.0f}")  # fmt: skip
     print(
-        f"  direct c=1 p50: {direct['p50'] * 1e6:.0f} us; cpu = proxy CPU per request; chunks/CPU-s = relayed SSE "
-        "chunks per second of proxy CPU (one core's capacity)"
+        f"  direct c=1 p50: {direct['p50'] * 1e6:.0f} us; cpu = proxy CPU per request; 1cpu = c=1 with the proxy "
+        "on the client's and backend's CPU (no cross-CPU wake-ups);\n  chunks/CPU-s = relayed SSE chunks per "
+        "second of proxy CPU (one core's capacity)"
     )
     if "memory" in res:
         m = res["memory"]

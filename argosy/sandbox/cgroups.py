@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from argosy.sandbox.languages import Limits
+from argosy.sandbox.limits import Limits
 
 ROOT = Path("/sys/fs/cgroup")
 GROUP_PREFIX = "argosy-sandbox"

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from argosy.core.errors import ConfigError, unknown_name
 from argosy.sandbox.errors import SandboxError, SandboxRequestError
+from argosy.sandbox.limits import Limits  # re-exported: most callers import it from here
 
 # What the sandbox sees as PATH; toolchains are looked up on it, not on the server's PATH.
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -50,23 +51,6 @@ class TableSpec(_Strict):
     defaults: LimitsSpec
     compile_defaults: LimitsSpec
     languages: dict[str, LanguageSpec]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resolved limits for one sandboxed process."""
-
-    timeout_ms: int
-    memory_mb: int
-    cpu_count: float
-    max_output_bytes: int
-    pids: int
-    file_size_mb: int
-    tmpfs_mb: int = 64
-    address_space_extra_mb: int = 256
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass

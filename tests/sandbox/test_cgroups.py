@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from argosy.sandbox import cgroups
-from argosy.sandbox.languages import Limits
+from argosy.sandbox.limits import Limits
 
 
 def test_v2_with_controllers(tmp_path: Path) -> None:

@@ -56,7 +56,8 @@ def backends() -> Registry:
                 "argosy.sandbox.namespaces:NamespacesBackend", summary=NamespacesBackend.summary
             ),
             "microvm": Entry(
-                "argosy.sandbox.microvm:MicroVMBackend", summary="one VM per run (not implemented yet)"
+                "argosy.sandbox.microvm:MicroVMBackend",
+                summary="one VM per run: own kernel, toolchains on a read-only disk (QEMU microvm, TCG here)",
             ),
         },
     )
@@ -501,22 +502,64 @@ class LocalRunner:
         stdin: bytes | None,
         network: bool,
     ) -> ExecResult:
-        from argosy.sandbox.microvm import IMAGE_LANGUAGES
+        """One VM per run: a compiled language compiles and runs in the same VM (one /work)."""
+        from argosy.sandbox.microvm import Step
 
-        if lang.name not in IMAGE_LANGUAGES or lang.compiled:
+        assert self.vm is not None
+        carried = self.vm.image_languages
+        if lang.name not in carried:
             raise SandboxRequestError(
-                f"the microvm image carries {', '.join(IMAGE_LANGUAGES)}, not {lang.name}",
-                fix="use the namespaces backend for this language",
+                f"the microvm image carries {', '.join(carried) or 'no languages'}, not {lang.name}",
+                fix="install its toolchain on this node and rerun `argosy sandbox build-image`, "
+                "or use the namespaces backend",
             )
         if network:
             raise SandboxRequestError(
                 "microvm sandboxes have no network device", fix="drop `network` or use namespaces"
             )
-        assert self.vm is not None
-        argv = lang.argv(lang.spec.run, lang.spec.file) + list(args)
-        res = self.vm.run_job(argv, limits, files, stdin, dict(lang.spec.env))
+        run_id = new_id("run")
+        version = carried[lang.name]
+        env = dict(lang.spec.env)
+        steps = []
+        if lang.compiled:
+            assert lang.spec.compile is not None
+            climits = self.table.limits(lang, {}, compile_step=True)
+            climits = Limits(**{**climits.as_dict(), "max_output_bytes": limits.max_output_bytes})
+            steps.append(Step("compile", lang.argv(lang.spec.compile, lang.spec.file), climits, stdin=False))
+        steps.append(Step("run", lang.argv(lang.spec.run, lang.spec.file) + list(args), limits))
+        results = self.vm.run_steps(steps, files, stdin, env)
+        compile_out: CompileOutput | None = None
+        if lang.compiled:
+            cres = results[0]
+            compile_out = CompileOutput(
+                stdout=_decode(cres.stdout),
+                stderr=_decode(cres.stderr),
+                exit_code=cres.exit_code,
+                duration_ms=round(cres.duration_ms, 3),
+                timed_out=cres.timed_out,
+                oom_killed=cres.oom_killed,
+            )
+            if cres.exit_code != 0 or len(results) < 2:
+                # As the namespaces backend reports it: the compiler's output, status compile_error.
+                return ExecResult(
+                    run_id=run_id,
+                    status="compile_error",
+                    stdout=compile_out.stdout,
+                    stderr=compile_out.stderr,
+                    exit_code=cres.exit_code,
+                    signal=cres.signal,
+                    timed_out=cres.timed_out,
+                    oom_killed=cres.oom_killed,
+                    truncated=cres.truncated,
+                    duration_ms=round(cres.duration_ms, 3),
+                    language=lang.name,
+                    version=version,
+                    backend="microvm",
+                    compile=compile_out,
+                )
+        res = results[-1]
         return ExecResult(
-            run_id=new_id("run"),
+            run_id=run_id,
             status=self._status(res),  # type: ignore[arg-type]
             stdout=_decode(res.stdout),
             stderr=_decode(res.stderr),
@@ -527,8 +570,9 @@ class LocalRunner:
             truncated=res.truncated,
             duration_ms=round(res.duration_ms, 3),
             language=lang.name,
-            version=lang.version(),
+            version=version,
             backend="microvm",
+            compile=compile_out,
         )
 
     # -- sessions ----------------------------------------------------------------------------------

@@ -56,9 +56,14 @@ QEMU = "qemu-system-x86_64"
 # Until the guest says the first step started: measured 2-6 s under TCG on an idle 2-core node,
 # several times that while other test suites load it.
 BOOT_TIMEOUT_S = 90.0
-# Guest kernel (~45 MB once up), initramfs, and the rootfs's page cache beyond the job's own
-# charge: the job's limits are held by a cgroup inside the guest, not by the VM's RAM.
-GUEST_OVERHEAD_MB = 192
+# The guest kernel and initramfs use ~30 MB once up (MemFree after boot, 2026-12-01); the rest is
+# slack for the rootfs's page cache. The job's limits are held by a cgroup inside the guest, not by
+# the VM's RAM; the job's files and stdin (copied in by /init, outside that cgroup) come on top.
+GUEST_OVERHEAD_MB = 128
+# Compilers run 5-15x slower under TCG than natively (javac on Hello.java: ~1.5 s native, 19.5 s
+# in the VM on an idle 2-core node, more when it is loaded): a compile step's deadline is the
+# table's compile timeout times this. Run steps keep the request's timeout.
+TCG_COMPILE_FACTOR = 4.0
 # After the last step ends: the guest base64-prints its output and powers off.
 DRAIN_TIMEOUT_S = 30.0
 # Under TCG the guest cannot calibrate its TSC against the PIT (emulated time runs unevenly on a
@@ -200,12 +205,15 @@ class VMM(Protocol):
     and whose guest sees the rootfs as /dev/vda over virtio-mmio."""
 
     name: str
+    # How many times the table's compile timeout a compile step gets (1 with hardware virtualization).
+    compile_timeout_factor: float
 
     def argv(self, vm: VMConfig) -> list[str]: ...
 
 
 class QemuVMM:
     name = "qemu"
+    compile_timeout_factor = TCG_COMPILE_FACTOR
 
     def __init__(self, binary: str) -> None:
         self.binary = binary
@@ -243,6 +251,8 @@ class Step:
     argv: list[str]
     limits: Limits
     stdin: bool = True
+    # The deadline is limits.timeout_ms times this (compile steps under emulation).
+    timeout_factor: float = 1.0
 
 
 @dataclass
@@ -300,6 +310,10 @@ class MicroVMBackend:
         self.qemu = shutil.which(QEMU)
         self.vmm: VMM | None = QemuVMM(self.qemu) if self.qemu else None
         self.image_dir = config.image_dir / "microvm"
+
+    @property
+    def compile_timeout_factor(self) -> float:
+        return self.vmm.compile_timeout_factor if self.vmm else 1.0
 
     @property
     def kernel(self) -> Path:
@@ -444,6 +458,7 @@ class MicroVMBackend:
         if shutil.which("mkfs.ext4") is None:
             raise SandboxError("mkfs.ext4 is needed for the VM image", fix="apt-get install -y e2fsprogs")
         self.image_dir.mkdir(parents=True, exist_ok=True)
+        _remove_dead_builds(self.image_dir)
         self._kernel(log)
         self._initramfs(busybox, log)
         self._rootfs(busybox, table or LanguageTable.load(), log)
@@ -460,7 +475,7 @@ class MicroVMBackend:
             for ko in self.modules_dir.iterdir():
                 shutil.copy2(ko, root / "modules" / ko.name)
             data = _cpio(_tree_entries(root))
-        tmp_out = self.initramfs.with_suffix(".tmp")
+        tmp_out = _tmp_name(self.initramfs)
         tmp_out.write_bytes(data)
         tmp_out.replace(self.initramfs)
         log.append(f"initramfs: {self.initramfs} ({len(data) / 2**20:.1f} MiB)")
@@ -512,13 +527,17 @@ class MicroVMBackend:
             for mod in order:
                 shutil.copy2(self._plain_ko(kos[mod], Path(tmp)), staged / f"{mod}.ko")
             (staged / "order").write_text("\n".join(order) + "\n")
-            kernel_tmp = self.kernel.with_suffix(".tmp")
+            kernel_tmp = _tmp_name(self.kernel)
             shutil.copy2(kernels[-1], kernel_tmp)
-            old = self.image_dir / "modules.old"
-            shutil.rmtree(old, ignore_errors=True)
+            new = _tmp_name(self.modules_dir)
+            shutil.copytree(staged, new)
+            old = self.image_dir / f".modules-old.{os.getpid()}.tmp"
             if self.modules_dir.exists():
                 self.modules_dir.rename(old)
-            shutil.move(str(staged), self.modules_dir)
+            try:
+                new.rename(self.modules_dir)
+            except OSError:  # another build put the same modules there first
+                shutil.rmtree(new, ignore_errors=True)
             kernel_tmp.replace(self.kernel)
             shutil.rmtree(old, ignore_errors=True)
             log.append(f"kernel: {what} ({release}), modules: {', '.join(order)}")
@@ -601,7 +620,9 @@ class MicroVMBackend:
                 f"languages: {', '.join(old.get('languages') or {})})"
             )
             return
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.image_dir))
+        staging = _tmp_name(self.image_dir / "staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         try:
             nfiles, nbytes = _stage(staging, packages, busybox)
             for name in list(languages):
@@ -610,8 +631,7 @@ class MicroVMBackend:
                     missing[name] = f"{bad[0]} does not resolve inside the image"
                     del languages[name]
             size_mb = math.ceil(nbytes * 1.15 / 2**20) + 64
-            tmp_img = self.rootfs.with_suffix(".tmp")
-            tmp_img.unlink(missing_ok=True)
+            tmp_img = _tmp_name(self.rootfs)
             r = subprocess.run(
                 ["mkfs.ext4", "-q", "-F", "-L", "argosy-root", "-O", "^has_journal", "-m", "0",
                  "-N", str(int(nfiles * 1.2) + 4096), "-E", "root_owner=0:0", "-d", str(staging),
@@ -640,7 +660,7 @@ class MicroVMBackend:
             "missing": missing,
             "inputs": inputs,
         }
-        tmp_m = self.manifest_file.with_suffix(".tmp")
+        tmp_m = _tmp_name(self.manifest_file)
         tmp_m.write_text(json.dumps(manifest, indent=1))
         tmp_m.replace(self.manifest_file)
         log.append(
@@ -722,7 +742,8 @@ class MicroVMBackend:
             entries.append(("job/files/" + name, 0o100644, data))
         # Memory is held per step by the guest's cgroup; the VM needs room for the largest step
         # plus its tmpfs work dir (charged to that cgroup too) and the guest's own.
-        memory_mb = max(s.limits.memory_mb for s in steps) + GUEST_OVERHEAD_MB
+        payload_mb = (sum(len(d) for d in files.values()) + len(stdin or b"")) // 2**20
+        memory_mb = max(s.limits.memory_mb for s in steps) + GUEST_OVERHEAD_MB + payload_mb
         vcpus = max(1, min(os.cpu_count() or 1, math.ceil(max(s.limits.cpu_count for s in steps))))
         # QEMU runs as the sandbox uid when the agent is root, and the image may sit in a home dir
         # it cannot traverse: hand it the kernel, the initrd and the disk as open files (/dev/fd/N).
@@ -802,7 +823,8 @@ class MicroVMBackend:
                     if m.group(1) == b"START" and seen.started is None:
                         seen.started = now
                         current = m.group(2).decode()
-                        deadline = now + by_name[current].limits.timeout_ms / 1000
+                        step = by_name[current]
+                        deadline = now + step.limits.timeout_ms / 1000 * step.timeout_factor
                     elif m.group(1) == b"END" and seen.ended is None:
                         seen.ended = now
                         current = None
@@ -876,6 +898,30 @@ class MicroVMBackend:
 
 
 # -- building the rootfs ---------------------------------------------------------------------------
+
+
+def _tmp_name(path: Path) -> Path:
+    """Where a build writes `path` before renaming it into place (per process: builds may overlap)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _remove_dead_builds(image_dir: Path) -> None:
+    """Temporaries of builds whose process is gone (a staging tree and a rootfs are GBs)."""
+    for p in image_dir.glob(".*.tmp"):
+        m = re.match(r"^\..*\.(\d+)\.tmp$", p.name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _language_binaries(toolchain: str, steps: Iterable[list[str] | None]) -> list[str]:

@@ -525,7 +525,16 @@ class LocalRunner:
             assert lang.spec.compile is not None
             climits = self.table.limits(lang, {}, compile_step=True)
             climits = Limits(**{**climits.as_dict(), "max_output_bytes": limits.max_output_bytes})
-            steps.append(Step("compile", lang.argv(lang.spec.compile, lang.spec.file), climits, stdin=False))
+            compile_argv = lang.argv(lang.spec.compile, lang.spec.file)
+            steps.append(
+                Step(
+                    "compile",
+                    compile_argv,
+                    climits,
+                    stdin=False,
+                    timeout_factor=self.vm.compile_timeout_factor,
+                )
+            )
         steps.append(Step("run", lang.argv(lang.spec.run, lang.spec.file) + list(args), limits))
         results = self.vm.run_steps(steps, files, stdin, env)
         compile_out: CompileOutput | None = None

@@ -1,6 +1,6 @@
 """Sandbox start-up against a bare process start, in the same run.
 
-    python bench/sandbox.py [--n 40] [--json]
+    python bench/sandbox.py [--n 40] [--json] [--microvm-runs 3] [--microvm-langs all|python,c,...]
 
 For `print(1)` in Python: the wall time from asking to having the result, for
   raw         - subprocess.run(['python3', '-c', 'print(1)']) on the host, no isolation;
@@ -40,8 +40,23 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def _microvm(runs: int) -> dict[str, Any]:
-    """Boot time of the microvm backend, if this node has its image (argosy sandbox build-image)."""
+# One small program per language for --microvm-langs (the same hello worlds as tests/sandbox/test_microvm.py).
+HELLO = {
+    "python": 'print("hello")',
+    "node": 'console.log("hello")',
+    "bash": "echo hello",
+    "ruby": 'puts "hello"',
+    "go": 'package main\nimport "fmt"\nfunc main() { fmt.Println("hello") }\n',
+    "rust": 'fn main() { println!("hello"); }\n',
+    "c": '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n',
+    "cpp": '#include <cstdio>\nint main() { std::printf("hello\\n"); }\n',
+    "java": 'public class Main { public static void main(String[] a) { System.out.println("hello"); } }\n',
+}
+
+
+def _microvm(runs: int, langs: list[str]) -> dict[str, Any]:
+    """Boot time of the microvm backend, and request -> result per language, if this node has its
+    image (argosy sandbox build-image)."""
     from argosy.sandbox.languages import Limits
     from argosy.sandbox.microvm import MicroVMBackend
 
@@ -57,11 +72,36 @@ def _microvm(runs: int) -> dict[str, Any]:
         assert res.stdout == b"1\n", res
         totals.append(total)
         boots.append(total - res.duration_ms)
-    return {
+    out: dict[str, Any] = {
         "n": runs,
         "median_total_ms": statistics.median(totals),
         "median_boot_ms": statistics.median(boots),
+        "languages": {},
     }
+    if langs:
+        runner = LocalRunner(SandboxConfig(backend="microvm"))
+        try:
+            for lang in langs:
+                if lang not in vm.image_languages:
+                    out["languages"][lang] = {"reason": "not in the image"}
+                    continue
+                total_ms, compile_ms, run_ms = [], [], []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    res = runner.execute(ExecRequest(language=lang, code=HELLO[lang], timeout_ms=60000))
+                    total_ms.append(_ms(t0))
+                    assert res.status == "ok" and res.stdout == "hello\n", res
+                    run_ms.append(res.duration_ms)
+                    if res.compile is not None:
+                        compile_ms.append(res.compile.duration_ms)
+                out["languages"][lang] = {
+                    "median_total_ms": statistics.median(total_ms),
+                    "median_run_ms": statistics.median(run_ms),
+                    "median_compile_ms": statistics.median(compile_ms) if compile_ms else None,
+                }
+        finally:
+            runner.close()
+    return out
 
 
 def main() -> None:
@@ -69,6 +109,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--microvm-runs", type=int, default=3, help="0 to skip the (slow) microVM boots")
+    ap.add_argument(
+        "--microvm-langs",
+        default="",
+        help="'all' or a comma list: hello world per language in the microVM (compile + run), "
+        "--microvm-runs times each (minutes under TCG)",
+    )
     args = ap.parse_args()
     base = default_base_dir().parent / f"argosy-bench-{uuid.uuid4().hex[:8]}"
     cold = LocalRunner(SandboxConfig(base_dir=base / "cold", max_concurrent=4))
@@ -149,7 +195,10 @@ def main() -> None:
         "executions_per_s": {k: round(v, 1) for k, v in throughput.items()},
         "kill_overshoot_ms_median": round(statistics.median(overshoot), 2),
         "kill_overshoot_ms_max": round(max(overshoot), 2),
-        "microvm": _microvm(args.microvm_runs),
+        "microvm": _microvm(
+            args.microvm_runs,
+            list(HELLO) if args.microvm_langs == "all" else [x for x in args.microvm_langs.split(",") if x],
+        ),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -173,6 +222,15 @@ def main() -> None:
             f"microvm (QEMU microvm, TCG): print(1) request -> result median {vm['median_total_ms']:.0f} ms, "
             f"of which boot (until the job starts) {vm['median_boot_ms']:.0f} ms, n={vm['n']}"
         )
+        for lang, m in vm["languages"].items():
+            if "reason" in m:
+                print(f"  {lang:7} not measured ({m['reason']})")
+                continue
+            comp = f", compile {m['median_compile_ms']:.0f} ms" if m["median_compile_ms"] is not None else ""
+            print(
+                f"  {lang:7} hello world request -> result median {m['median_total_ms']:.0f} ms "
+                f"(run step {m['median_run_ms']:.0f} ms{comp})"
+            )
     else:
         print(f"microvm backend: not measured ({vm['reason']})")
     sys.stdout.flush()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from argosy.cli.output import check_format, emit_json, table
 from argosy.core.errors import ArgosyError
@@ -307,14 +308,16 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                 )
         for name, b in report["backends"].items():
-            mark = "[green]available[/]" if b["available"] else f"[red]unavailable[/]: {b['reason']}"
+            mark = "[green]available[/]" if b["available"] else f"[red]unavailable[/]: {escape(b['reason'])}"
             Console().print(
                 f"[bold]backend {name}[/]{' (default)' if name == report['default_backend'] else ''}: {mark}",
                 highlight=False,
             )
             for c in b["checks"]:
+                # Details quote tool output (`ruby --version` ends in "[x86_64-linux-gnu]"): not markup.
                 Console().print(
-                    f"  {'ok ' if c['ok'] else 'NO '} {c['name']}: {c['detail']}", highlight=False
+                    f"  {'ok ' if c['ok'] else 'NO '} {c['name']}: {escape(str(c['detail']))}",
+                    highlight=False,
                 )
         rows = [
             [
@@ -329,7 +332,10 @@ def register(app: typer.Typer) -> None:
 
     @sandbox.command("build-image")
     def build_image() -> None:
-        """Build the microVM kernel + initramfs (for the `microvm` backend) and boot it once to check."""
+        """Build the microVM image (kernel, initramfs, a read-only rootfs with every language's
+        toolchain found on this node) for the `microvm` backend and boot it once to check."""
+        import time
+
         from argosy.sandbox.config import SandboxConfig
         from argosy.sandbox.microvm import MicroVMBackend
 
@@ -339,10 +345,16 @@ def register(app: typer.Typer) -> None:
                 "QEMU is not installed", fix="apt-get install -y qemu-system-x86 busybox-static"
             )
         log: list[str] = []
-        with console.status("building the microVM image…"):
+        t0 = time.monotonic()
+        with console.status("building the microVM image (a rebuild of the rootfs takes ~30 s)…"):
             vm.build_image(log)
         for line in log:
-            console.print(line, highlight=False)
+            console.print(escape(line), highlight=False)
+        total = sum(p.stat().st_size for p in (vm.kernel, vm.initramfs, vm.rootfs))
+        console.print(
+            f"image: {vm.image_dir}, {total / 2**20:.0f} MiB, built in {time.monotonic() - t0:.1f} s",
+            highlight=False,
+        )
         with console.status("booting it once (software emulation: this can take a while)…"):
             smoke = vm.smoke()
         if not smoke.get("ok"):

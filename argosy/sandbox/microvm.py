@@ -400,7 +400,7 @@ class MicroVMBackend:
             booted = Check("boot", False, f"failed after {smoke.get('seconds')} s: {smoke.get('error')}")
         langs = self.image_languages
         missing = dict(manifest.get("missing") or {})
-        detail = ", ".join(f"{k} ({v})" for k, v in langs.items()) or "none"
+        detail = ", ".join(f"{k} {_short_version(v)}" for k, v in langs.items()) or "none"
         if missing:
             detail += "; left out: " + ", ".join(f"{k} ({v})" for k, v in missing.items())
         return [
@@ -666,7 +666,7 @@ class MicroVMBackend:
         log.append(
             f"rootfs: {self.rootfs} ({self.rootfs.stat().st_size / 2**20:.0f} MiB, {nfiles} files, "
             f"{len(packages)} packages) in {seconds} s; languages: "
-            + ", ".join(f"{k} ({v['version']})" for k, v in languages.items())
+            + ", ".join(f"{k} {_short_version(v['version'])}" for k, v in languages.items())
         )
         for k, why in missing.items():
             log.append(f"left out {k}: {why}")
@@ -898,6 +898,12 @@ class MicroVMBackend:
 
 
 # -- building the rootfs ---------------------------------------------------------------------------
+
+
+def _short_version(line: str) -> str:
+    """`gcc (Debian 12.2.0-14) 12.2.0` -> `12.2.0`: the first dotted number of a version line."""
+    m = re.search(r"\d+(\.\d+)+", line)
+    return m.group(0) if m else line
 
 
 def _tmp_name(path: Path) -> Path:

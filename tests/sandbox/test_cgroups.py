@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
+
 from argosy.sandbox import cgroups
+from argosy.sandbox.errors import SandboxError
 from argosy.sandbox.limits import Limits
 
 
@@ -49,3 +53,36 @@ def test_neither(tmp_path: Path) -> None:
 def test_this_machine() -> None:
     s = cgroups.detect()
     assert s.version in ("v1", "v2", "none") and s.reason
+
+
+def test_v2_cgroup_holding_processes_is_not_used(tmp_path: Path) -> None:
+    # A container's /sys/fs/cgroup under cgroupns: a non-root group (it has cgroup.type) with the
+    # agent in it; the kernel would refuse the controllers to any child group.
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (tmp_path / "cgroup.type").write_text("domain\n")
+    (tmp_path / "cgroup.procs").write_text("1\n57\n")
+    s = cgroups.detect(tmp_path)
+    assert s.version == "none" and "2 process(es)" in s.reason and "fix:" in s.reason
+    (tmp_path / "cgroup.procs").write_text("")
+    assert cgroups.detect(tmp_path).version == "v2"
+
+
+def test_refused_delegation_is_an_error_not_a_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("memory pids\n")
+    (tmp_path / "cgroup.subtree_control").mkdir()  # any write fails, as EBUSY would
+    s = cgroups.detect(tmp_path)
+    with pytest.raises(SandboxError, match="child groups memory, pids") as err:
+        cgroups.RunCgroup(s, "run4").create(Limits(1000, 64, 1, 10, 32, 8))
+    assert err.value.fix and "leaf" in err.value.fix
+
+
+def test_destroy_gives_up_at_once_on_what_no_wait_fixes(tmp_path: Path) -> None:
+    # Only EBUSY (tasks still exiting) is waited out; a directory that is simply not empty is not.
+    (tmp_path / "cgroup.controllers").write_text("pids\n")
+    g = cgroups.RunCgroup(cgroups.detect(tmp_path), "run5")
+    g.create(Limits(1000, 64, 1, 10, 32, 8))
+    t0 = time.monotonic()
+    assert g.destroy() is False and time.monotonic() - t0 < 1
+    for f in g.dirs["unified"].iterdir():
+        f.unlink()
+    assert g.destroy() is True and not g.dirs["unified"].exists()

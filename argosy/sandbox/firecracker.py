@@ -51,7 +51,6 @@ BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
 MAX_VCPUS = 32  # swagger: vcpu_count in [1, 32]
 ELF_MAGIC = b"\x7fELF"
 MAX_KERNEL_BYTES = 1 << 30  # a decompressed kernel larger than this is not a kernel
-DRIVE_ID = re.compile(r"^[A-Za-z0-9_]+$")  # API resource ids: alphanumerics and underscores
 
 # The capabilities Firecracker checks before it creates a VM on x86_64
 # (src/vmm/src/arch/x86_64/kvm.rs, DEFAULT_CAPABILITIES), with their numbers from <linux/kvm.h>.
@@ -146,11 +145,13 @@ def probe_kvm(
             out, err = proc.communicate(timeout=2.0)
         except subprocess.TimeoutExpired:
             # Stuck in the kernel (uninterruptible): leave it rather than hang with it.
-            return False, f"a KVM ioctl hung past {timeout_s:g} s and pid {proc.pid} could not be reaped"
-        step = _last_step(out)
-        return False, f"a KVM ioctl hung: no answer from {step} within {timeout_s:g} s"
-    steps = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    last = steps[-1] if steps else {}
+            return False, f"a KVM ioctl hung past {timeout_s:g} s and pid {proc.pid} could not be killed"
+        step = (_steps(out)[-1:] or [{"step": "the start"}])[0].get("step")
+        return (
+            False,
+            f"no answer within {timeout_s:g} s: the probe stopped at {step} (a KVM ioctl that hangs)",
+        )
+    last = (_steps(out)[-1:] or [{}])[0]
     if last.get("ok"):
         return True, (
             f"{device}: KVM API {KVM_API_VERSION}, the {len(KVM_CAPABILITIES)} capabilities Firecracker "
@@ -166,11 +167,14 @@ def probe_kvm(
     return False, f"{device}: failed at {last.get('step', 'start')}: {why}"
 
 
-def _last_step(out: str | None) -> str:
-    for line in reversed((out or "").splitlines()):
-        if line.startswith("{"):
-            return str(json.loads(line).get("step"))
-    return "the start"
+def _steps(out: str | None) -> list[dict[str, Any]]:
+    steps = []
+    for line in (out or "").splitlines():
+        try:
+            steps.append(dict(json.loads(line)))
+        except ValueError:  # a line cut short by the kill
+            continue
+    return steps
 
 
 # -- the binary ------------------------------------------------------------------------------------

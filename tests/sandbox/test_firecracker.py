@@ -268,6 +268,15 @@ def test_probe_kvm_answers_within_its_timeout() -> None:
         assert "unproven" in why
 
 
+@pytest.mark.skipif(not Path("/dev/kvm").exists(), reason="no /dev/kvm: the probe answers at once")
+def test_probe_kvm_gives_up_at_its_deadline() -> None:
+    """The deadline path for real: a child that cannot finish in time is killed, not waited for."""
+    t0 = time.monotonic()
+    ok, why = fc.probe_kvm(timeout_s=0.01)
+    assert time.monotonic() - t0 < 3.0
+    assert not ok and "no answer within 0.01 s" in why
+
+
 def test_probe_kvm_says_why_it_cannot_use_a_device(tmp_path: Path) -> None:
     ok, why = fc.probe_kvm(2.0, device=tmp_path / "kvm")
     assert not ok and "no " in why

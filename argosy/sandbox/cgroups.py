@@ -110,10 +110,11 @@ class RunCgroup:
         if self.support.version == "v2":
             assert self.support.v2_root is not None
             parent = self.support.v2_root / GROUP_PREFIX
+            # Child groups only get controllers their parent delegates (and a refusal at the root
+            # leaves nothing behind).
+            _delegate(self.support.v2_root, self.support.controllers, self.support.v2_root)
             parent.mkdir(exist_ok=True)
-            # Child groups only get controllers their parent delegates.
-            for p in (self.support.v2_root, parent):
-                _delegate(p, self.support.controllers, self.support.v2_root)
+            _delegate(parent, self.support.controllers, self.support.v2_root)
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         self.set_limits(limits)

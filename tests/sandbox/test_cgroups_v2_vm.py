@@ -325,6 +325,7 @@ def _(res):
         except Exception as exc:
             res["create_forced"] = f"{type(exc).__name__}: {exc}"
         res["type_after"] = read(top / "cgroup.type")
+        res["parent_made"] = (top / cgroups.GROUP_PREFIX).exists()
         g.destroy()
     finally:
         move_self(ROOT)
@@ -520,7 +521,8 @@ def test_cgroup_v2_limits_in_a_real_kernel() -> None:
     assert "fix:" in leafless["detect"]["reason"]
     assert leafless["create_forced"].startswith("SandboxError: cannot give cgroup"), leafless
     assert "memory" in leafless["create_forced"] and "fix:" in leafless["create_forced"], leafless
-    assert leafless["type_after"] == "domain", leafless  # the refused write changed nothing
+    # The refused write changed nothing, and create() made no directory before it.
+    assert leafless["type_after"] == "domain" and not leafless["parent_made"], leafless
 
     assert res["parent_left"] == [], res
     assert "===CGV2-RC 0===" in console

@@ -18,6 +18,10 @@ cgroups, its own /dev/kvm node) is the production hardening; it closes every inh
 and wants the kernel and disks hard-linked into its chroot, so it is not used here: like QEMU,
 Firecracker runs under the sandbox uid (setpriv, applied by the caller), with its own seccomp filters.
 
+Two launch forms: `FirecrackerVMM.argv(vm)` fits microvm.py's VMM seam (argv only: the config
+travels through a pipe), and `prepare`/`launch` write the config and Firecracker's log into a private
+directory that the caller removes (the log explains a failed start).
+
 Field names, flags and versions: see tests/sandbox/fixtures/firecracker-api.json (source and date).
 """
 
@@ -50,6 +54,7 @@ MIN_VERSION = (1, 6, 0)
 BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
 MAX_VCPUS = 32  # swagger: vcpu_count in [1, 32]
 ELF_MAGIC = b"\x7fELF"
+_DEV_FD = re.compile(r"^/dev/fd/(\d+)$")
 MAX_KERNEL_BYTES = 1 << 30  # a decompressed kernel larger than this is not a kernel
 
 # The capabilities Firecracker checks before it creates a VM on x86_64
@@ -483,10 +488,27 @@ class FirecrackerVMM:
     """
 
     name = "firecracker"
+    compile_timeout_factor = 1.0  # KVM runs the guest at hardware speed: the table's timeouts hold
 
     def __init__(self, binary: str | Path | None = None, owner: tuple[int, int] | None = None) -> None:
         self.binary = Path(binary) if binary is not None else find_firecracker()
         self.owner = owner
+
+    def argv(self, vm: VMSpec) -> list[str]:
+        """microvm.py's VMM seam, which has no clean-up step: no file at all. `sh` puts the config on
+        a spare descriptor as a here-document (a pipe) and execs Firecracker, which reads
+        `--config-file /dev/fd/N` once at start. Firecracker's own log (level Error) goes to its
+        stderr, beside the console: only a failed start writes there."""
+        if self.binary is None:
+            raise SandboxError("Firecracker is not installed", fix="put a firecracker release binary on PATH")
+        config = json.dumps(self.plan(vm), separators=(",", ":"))  # one line: it cannot be the delimiter
+        taken = {m.group(1) for p in (vm.kernel, vm.initrd, vm.rootfs or "") if (m := _DEV_FD.match(p))}
+        fd = next(str(n) for n in range(3, 10) if str(n) not in taken)  # sh redirects only fds 0-9
+        script = (
+            f'exec "$0" --no-api --config-file /dev/fd/{fd} --level Error {fd}<<"ARGOSY_FC_CONFIG"\n'
+            f"{config}\nARGOSY_FC_CONFIG\n"
+        )
+        return ["/bin/sh", "-c", script, str(self.binary)]
 
     def plan(self, vm: VMSpec) -> dict[str, Any]:
         """The config for `vm`, checked; no effects beyond reading the kernel's first bytes."""

@@ -254,6 +254,28 @@ def test_prepare_writes_a_private_config_and_cleans_up(tmp_path: Path) -> None:
         assert not launch.workdir.exists()
 
 
+def test_seam_argv_hands_the_config_over_a_pipe(tmp_path: Path) -> None:
+    """microvm.py's VMM.argv seam has no clean-up: the config goes through a here-document on a
+    descriptor none of the VM's /dev/fd paths use. A stand-in binary reads it back as Firecracker
+    would (`--config-file PATH`, read once)."""
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(_fake_elf())
+    stand_in = tmp_path / "firecracker"
+    stand_in.write_text('#!/bin/sh\nwhile [ "$1" != --config-file ]; do shift; done\necho "$2"\ncat "$2"\n')
+    stand_in.chmod(0o755)
+    vmm = fc.FirecrackerVMM(stand_in)
+    assert vmm.compile_timeout_factor == 1.0
+    with kernel.open("rb") as k:
+        vm = VM(f"/dev/fd/{k.fileno()}", "/dev/fd/3", "/dev/fd/4", 352, 1, "quiet rdinit=/init")
+        argv, expected = vmm.argv(vm), vmm.plan(vm)
+        r = subprocess.run(argv, pass_fds=(k.fileno(),), capture_output=True, text=True, timeout=10)
+    path, config = r.stdout.splitlines()
+    assert r.returncode == 0, r.stderr
+    assert path.startswith("/dev/fd/") and path not in (vm.kernel, vm.initrd, vm.rootfs)
+    assert json.loads(config) == expected
+    assert "--no-api" in argv[2] and argv[3] == str(stand_in)
+
+
 # -- KVM and availability --------------------------------------------------------------------------
 
 
@@ -405,14 +427,19 @@ def _firecracker_ready() -> tuple[bool, str]:
 
 @needs_kernel
 def test_firecracker_boots_end_to_end(vmlinux: Path, initrd: Path) -> None:
+    """Both launch forms (config file; the seam's here-document) boot the extracted kernel, print
+    the guest's marker on stdout and end when the guest reboots."""
     ready, why = _firecracker_ready()
     if not ready:
         pytest.skip(f"Firecracker cannot run here: {why}")
     vmm = fc.FirecrackerVMM()
-    with vmm.launch(VM(str(vmlinux), str(initrd), None, 128, 1, "quiet rdinit=/init")) as launch:
+    vm = VM(str(vmlinux), str(initrd), None, 128, 1, "quiet rdinit=/init")
+    with vmm.launch(vm) as launch:
         t0 = time.monotonic()
         rc, out = _boot(launch.argv, 30.0)
         took = time.monotonic() - t0
         assert MARKER in out, (out[-2000:], launch.log_tail())
         assert rc == 0, (rc, launch.log_tail())  # the guest's reboot ended Firecracker cleanly
+    rc, out = _boot(vmm.argv(vm), 30.0)
+    assert MARKER in out and rc == 0, (rc, out[-2000:])
     print(f"firecracker boot to marker and exit: {took:.2f} s")

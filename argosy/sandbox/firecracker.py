@@ -7,8 +7,8 @@ What Firecracker needs that QEMU does not:
 - a usable /dev/kvm, read-write for the uid it runs as: `probe_kvm` checks what can be checked
   cheaply (API version, the capabilities Firecracker requires, a vCPU entering a guest and exiting on
   `hlt`). That is not proof: on this project's nodes (themselves Firecracker guests, nested KVM) all of
-  it passes and a real kernel still hangs at its first instruction under QEMU+KVM. Only a boot
-  decides, which is what the backend's smoke boot (smoke.json) records; `FirecrackerVMM.available`
+  it passes, yet a real kernel hangs early in its boot under QEMU+KVM, silent on the console. A boot
+  alone decides, which is what the backend's smoke boot (smoke.json) records; `FirecrackerVMM.available`
   takes that record as the final word.
 
 The guest powers off by rebooting: Firecracker implements no guest power management, and with

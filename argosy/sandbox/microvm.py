@@ -107,7 +107,7 @@ done
 . /job/env
 R=/newroot
 mkdir -p $R /out
-mount -t ext4 -o ro,noload /dev/vda $R || fail "cannot mount the root disk"
+mount -t ext4 -o ro,noload,nosuid,nodev /dev/vda $R || fail "cannot mount the root disk"
 mount -t tmpfs -o size=${TMPFS_MB}m,mode=1777,nosuid,nodev tmp $R/tmp
 mount -t tmpfs -o size=${TMPFS_MB}m,mode=0755,nosuid,nodev work $R/work
 mount -t tmpfs -o mode=0755,nosuid,nodev job $R/job

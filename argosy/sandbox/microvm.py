@@ -455,6 +455,11 @@ class MicroVMBackend:
             raise SandboxError(
                 "busybox-static is needed for the VM image", fix="apt-get install -y busybox-static"
             )
+        if shutil.which("dpkg-query") is None:
+            raise SandboxError(
+                "the VM image is built from this node's Debian packages, and dpkg is not here",
+                fix="build the image on a Debian or Ubuntu node, or use the namespaces backend",
+            )
         if shutil.which("mkfs.ext4") is None:
             raise SandboxError("mkfs.ext4 is needed for the VM image", fix="apt-get install -y e2fsprogs")
         self.image_dir.mkdir(parents=True, exist_ok=True)
@@ -866,6 +871,12 @@ class MicroVMBackend:
                 if con.timed_out == "boot":
                     # Never started: report it as the step that timed out (nothing of it ran).
                     out.append(ProcessResult(b"", b"", None, 9, True, False, False, 0.0))
+                elif out:
+                    # The previous step succeeded and the guest never started this one.
+                    raise SandboxError(
+                        f"the VM stopped before the {s.name} step: {text[-300:].decode(errors='replace')}",
+                        fix="retry; if it persists, rebuild the image: argosy sandbox build-image",
+                    )
                 break
             duration_ms = ((seen.ended or end) - seen.started) * 1000
             name = re.escape(s.name.encode())

@@ -55,12 +55,30 @@ def vm_config() -> Iterator[SandboxConfig]:
 def test_python_runs_in_a_vm(vm_config: SandboxConfig) -> None:
     runner = LocalRunner(vm_config)
     try:
+        # Also, in the same VM: the toolchains' disk is read-only, the job's own setup (/job) and the
+        # guest's block device are not the code's to change, and the host's files are not there.
+        probe = (
+            "import errno, os, sys\n"
+            "print(os.getuid(), open('data.txt').read(), sys.stdin.read())\n"
+            "for p in ('/usr/bin/python3', '/job/run.sh', '/dev/vda'):\n"
+            "    try:\n"
+            "        open(p, 'ab')\n"
+            "        print('writable', p)\n"
+            "    except OSError as e:\n"
+            "        print(errno.errorcode[e.errno], p)\n"
+            "print(os.path.exists('/work/main'), os.path.exists('/root/.argosy'))\n"
+        )
         res = runner.execute(
-            ExecRequest(code="import os, sys\nprint(os.getuid(), open('data.txt').read(), sys.stdin.read())",
-                        files={"data.txt": "from a file"}, stdin="and stdin", timeout_ms=30000)
-        )  # fmt: skip
+            ExecRequest(code=probe, files={"data.txt": "from a file"}, stdin="and stdin", timeout_ms=30000)
+        )
         assert res.backend == "microvm" and res.status == "ok", res.stderr
-        assert res.stdout == "65534 from a file and stdin\n"
+        assert res.stdout.splitlines() == [
+            "65534 from a file and stdin",
+            "EROFS /usr/bin/python3",
+            "EACCES /job/run.sh",
+            "EACCES /dev/vda",
+            "False False",
+        ]
         with pytest.raises(SandboxRequestError):
             runner.execute(ExecRequest(code="print(1)", network=True))
     finally:

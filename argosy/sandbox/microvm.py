@@ -113,7 +113,7 @@ mount -t tmpfs -o size=${TMPFS_MB}m,mode=0755,nosuid,nodev work $R/work
 mount -t tmpfs -o mode=0755,nosuid,nodev job $R/job
 mount -t proc -o nosuid,nodev,noexec proc $R/proc
 mount -t devtmpfs -o nosuid,noexec dev $R/dev
-mount -t tmpfs -o size=${OUT_MB}m out /out
+mount -t tmpfs -o size=${OUT_KB}k out /out
 cp -a /job/files/. $R/work/
 chown -R 65534:65534 $R/work
 cp /job/*.sh $R/job/
@@ -733,9 +733,11 @@ class MicroVMBackend:
                 f"{s.name} {s.limits.memory_mb} {s.limits.pids} {'/job/stdin' if s.stdin else '/dev/null'}"
             )
         entries.append(("job/steps", 0o100644, ("\n".join(plan) + "\n").encode()))
-        out_mb = math.ceil(max(s.limits.max_output_bytes for s in steps) * 2 / 2**20) + 1
+        # stdout and stderr share a tmpfs just above the output cap: a flood gets ENOSPC there
+        # (and the agent keeps the first max_output_bytes, marked truncated) instead of filling RAM.
+        out_kb = max(s.limits.max_output_bytes for s in steps) // 1024 + 64
         tmpfs_mb = max(s.limits.tmpfs_mb for s in steps)
-        entries.append(("job/env", 0o100644, f"TMPFS_MB={tmpfs_mb}\nOUT_MB={out_mb}\n".encode()))
+        entries.append(("job/env", 0o100644, f"TMPFS_MB={tmpfs_mb}\nOUT_KB={out_kb}\n".encode()))
         made: set[str] = set()
         for name, data in files.items():
             parts = name.split("/")

@@ -225,3 +225,12 @@ def test_a_language_the_image_lacks_is_refused(vm_config: SandboxConfig, tmp_pat
             runner.execute(ExecRequest(language="ruby", code="puts 1"))
     finally:
         runner.close()
+
+
+@pytest.mark.slow
+def test_an_output_flood_keeps_the_cap_and_says_so(vm_runner: LocalRunner) -> None:
+    res = vm_runner.execute(
+        ExecRequest(code="while True: print('x' * 1000)", max_output_bytes=100_000, timeout_ms=20000)
+    )
+    assert res.status == "output_limit" and res.truncated and not res.timed_out
+    assert len(res.stdout) == 100_000 and set(res.stdout) <= {"x", "\n"}

@@ -1,6 +1,8 @@
 """The microvm backend: a real QEMU microvm (TCG) per run, booting the real image (kernel, initramfs,
-rootfs with every toolchain this node has). Slow: 3-8 s a run on an idle 2-core node, plus the
-compile for compiled languages (javac ~20 s); about twice that while other suites load it."""
+rootfs with every toolchain this node has; built once into the test cache, ~30 s, then ~2 s to find
+it up to date). Slow: 3-8 s a run on a quiet 2-core node; the compiled languages add their compile
+in the VM (go build ~7 s, rustc ~10 s, javac ~10 s; about twice that while other suites load the
+machine). Go and Java stay in: they are the slowest toolchains, and what a TCG deadline has to fit."""
 
 from __future__ import annotations
 

@@ -340,9 +340,12 @@ def register(app: typer.Typer) -> None:
         from argosy.sandbox.microvm import MicroVMBackend
 
         vm = MicroVMBackend(SandboxConfig.from_env())
-        if vm.qemu is None:
+        usable = [v.name for v in vm.candidates() if vm.precheck(v)[0]]
+        if not usable:
+            why = "; ".join(f"{v.name}: {vm.precheck(v)[1]}" for v in vm.candidates())
             raise ArgosyError(
-                "QEMU is not installed", fix="apt-get install -y qemu-system-x86 busybox-static"
+                f"no VMM can run the microVM here ({why})",
+                fix="apt-get install -y qemu-system-x86 busybox-static (or set vmm in the sandbox config)",
             )
         log: list[str] = []
         t0 = time.monotonic()
@@ -350,17 +353,25 @@ def register(app: typer.Typer) -> None:
             vm.build_image(log)
         for line in log:
             console.print(escape(line), highlight=False)
-        total = sum(p.stat().st_size for p in (vm.kernel, vm.initramfs, vm.rootfs))
+        parts = (vm.kernel, vm.vmlinux, vm.initramfs, vm.rootfs)
+        total = sum(p.stat().st_size for p in parts if p.exists())
         console.print(
             f"image: {vm.image_dir}, {total / 2**20:.0f} MiB, built in {time.monotonic() - t0:.1f} s",
             highlight=False,
         )
-        with console.status("booting it once (software emulation: this can take a while)…"):
+        with console.status(f"booting it once under {', then '.join(usable)} until one works…"):
             smoke = vm.smoke()
+        for name, rec in dict(smoke.get("vmms") or {}).items():  # type: ignore[call-overload]
+            mark = "[green]ok[/]" if rec.get("ok") else "[red]failed[/]"
+            detail = "ran a job" if rec.get("ok") else escape(str(rec.get("error")))
+            console.print(f"  {name}: {mark} after {rec.get('seconds')} s: {detail}", highlight=False)
+        for name, ok, why in vm.choose().considered:
+            if name not in dict(smoke.get("vmms") or {}) and not ok:  # type: ignore[call-overload]
+                console.print(f"  {name}: not tried: {escape(why)}", highlight=False)
         if not smoke.get("ok"):
             raise ArgosyError(
                 f"the image is built ({vm.image_dir}) but the VM did not run a job: {smoke.get('error')} "
                 f"after {smoke.get('seconds')} s",
                 fix="the microvm backend stays off on this node; use the namespaces backend (the default)",
             )
-        console.print(f"[green]ok[/]: booted and ran a job in {smoke['seconds']} s")
+        console.print(f"[green]ok[/]: booted under {smoke['vmm']} and ran a job in {smoke['seconds']} s")

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from argosy.core.errors import ConfigError
 
 # The uid/gid sandboxed code runs as on the host when the agent is root ("nobody" on Debian).
 NOBODY = 65534
+# The microvm backend's VMM: `auto` takes the first of Firecracker, QEMU+KVM, QEMU+TCG that passes
+# its checks and its recorded smoke boot; `qemu` is QEMU with KVM if that booted, else TCG.
+VMMS = ("auto", "firecracker", "qemu", "qemu-kvm", "qemu-tcg")
 
 
 def default_base_dir() -> Path:
@@ -56,6 +59,16 @@ class SandboxConfig(BaseModel):
     ro_paths: list[str] = ["/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
     # Files inside ro_paths replaced by an empty file.
     masked_paths: list[str] = ["/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/ssh"]
+    vmm: str = Field("auto", description="microvm VMM: " + "|".join(VMMS))
+    # Else `firecracker` on PATH.
+    firecracker_binary: Path | None = None
+
+    @field_validator("vmm")
+    @classmethod
+    def _known_vmm(cls, v: str) -> str:
+        if v not in VMMS:
+            raise ValueError(f"vmm {v!r} is not one of {', '.join(VMMS)}")
+        return v
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> SandboxConfig:
@@ -68,6 +81,8 @@ class SandboxConfig(BaseModel):
             "ARGOSY_SANDBOX_MAX_QUEUE": "max_queue",
             "ARGOSY_SANDBOX_LOCAL_FALLBACK": "local_fallback",
             "ARGOSY_SANDBOX_ZYGOTE": "zygote",
+            "ARGOSY_SANDBOX_VMM": "vmm",
+            "ARGOSY_SANDBOX_FIRECRACKER": "firecracker_binary",
         }
         for var, key in simple.items():
             if env.get(var):

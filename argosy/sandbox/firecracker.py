@@ -168,7 +168,12 @@ def probe_kvm(
     why = tail[0]
     if "PermissionError" in why:
         who = uid if uid is not None else os.geteuid()
-        return False, f"{device} is not read-write for uid {who} (fix: setfacl -m u:{who}:rw {device})"
+        # The VMM runs with --clear-groups (setpriv): only the uid or the primary gid can be let in.
+        grp = f"the sandbox gid {gid}" if gid is not None else "the VMM's primary group"
+        return False, (
+            f"{device} is not read-write for uid {who} (fix: setfacl -m u:{who}:rw {device}, or give "
+            f"{device} to {grp} with mode 0660; a supplementary group such as kvm does not count)"
+        )
     return False, f"{device}: failed at {last.get('step', 'start')}: {why}"
 
 
@@ -249,8 +254,10 @@ def extract_vmlinux(bzimage: str | Path, out: str | Path) -> Path:
                 f"{bzimage} holds no kernel payload this code can unpack (gzip, xz, lzma, bzip2, lz4, zstd)",
                 fix="give Firecracker an uncompressed vmlinux (the kernel's scripts/extract-vmlinux)",
             )
-    tmp = out.with_name(out.name + ".tmp")
+    # Per process, as microvm.py names its temporaries: builds may overlap, and a dead one's is removed.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_bytes(vmlinux)
+    tmp.chmod(0o644)  # the VMM runs as the sandbox uid and reopens it through /dev/fd
     tmp.replace(out)
     return out
 
@@ -489,6 +496,12 @@ class FirecrackerVMM:
 
     name = "firecracker"
     compile_timeout_factor = 1.0  # KVM runs the guest at hardware speed: the table's timeouts hold
+    # What microvm.py's VMM seam reads besides argv(): the kernel file in the image (the ELF), the
+    # microvm image's own arguments (plan() puts BOOT_ARGS in front), and how long a boot may take
+    # (well under a second under KVM; a hang under nested KVM should cost seconds, not minutes).
+    kernel_file = "vmlinux"
+    kernel_args = "quiet loglevel=1 rdinit=/init"
+    boot_timeout_s = 30.0
 
     def __init__(self, binary: str | Path | None = None, owner: tuple[int, int] | None = None) -> None:
         self.binary = Path(binary) if binary is not None else find_firecracker()
@@ -552,9 +565,15 @@ class FirecrackerVMM:
             launch.cleanup()
 
     def available(
-        self, smoke: Mapping[str, Any] | None = None, kvm_timeout_s: float = 5.0
+        self,
+        smoke: Mapping[str, Any] | None = None,
+        kvm_timeout_s: float = 5.0,
+        kvm: tuple[bool, str] | None = None,
     ) -> tuple[bool, str]:
-        """Binary, version, KVM; then the smoke boot record, if the caller has one for Firecracker."""
+        """Binary, version, KVM; then the smoke boot record, if the caller has one for Firecracker.
+
+        `kvm`: a probe_kvm answer the caller already has (as the uid Firecracker will run as).
+        """
         if self.binary is None:
             return False, "no firecracker binary on PATH (not packaged for Debian or PyPI: a release binary)"
         try:
@@ -565,7 +584,7 @@ class FirecrackerVMM:
             have, need = ".".join(map(str, version)), ".".join(map(str, MIN_VERSION))
             return False, f"Firecracker {have} is older than {need}"
         uid, gid = self.owner if self.owner is not None else (None, None)
-        ok, why = probe_kvm(kvm_timeout_s, uid=uid, gid=gid)
+        ok, why = kvm if kvm is not None else probe_kvm(kvm_timeout_s, uid=uid, gid=gid)
         if not ok:
             return False, why
         label = f"Firecracker {'.'.join(map(str, version))}"

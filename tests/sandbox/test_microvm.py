@@ -9,15 +9,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from argosy.core.errors import ConfigError
+from argosy.sandbox import firecracker as fc
 from argosy.sandbox.config import SandboxConfig
-from argosy.sandbox.errors import SandboxRequestError
+from argosy.sandbox.errors import SandboxError, SandboxRequestError
 from argosy.sandbox.languages import Limits
-from argosy.sandbox.microvm import MicroVMBackend, QemuVMM, VMConfig, _closure, _cpio, _resolve_in
+from argosy.sandbox.microvm import (
+    INIT,
+    KERNEL_ARGS,
+    TCG_COMPILE_FACTOR,
+    MicroVMBackend,
+    QemuVMM,
+    VMConfig,
+    _closure,
+    _cpio,
+    _resolve_in,
+)
 from argosy.sandbox.models import ExecRequest
 from argosy.sandbox.service import LocalRunner
 
@@ -236,3 +251,228 @@ def test_an_output_flood_keeps_the_cap_and_says_so(vm_runner: LocalRunner) -> No
     )
     assert res.status == "output_limit" and res.truncated and not res.timed_out
     assert len(res.stdout) == 100_000 and set(res.stdout) <= {"x", "\n"}
+
+
+# -- choosing the VMM ------------------------------------------------------------------------------
+
+FC_FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "firecracker-api.json").read_text())
+
+
+def _write_smoke(vm: MicroVMBackend, records: dict[str, dict[str, object]]) -> None:
+    vm.image_dir.mkdir(parents=True, exist_ok=True)
+    top = next((r for r in records.values() if r.get("ok")), {"ok": False})
+    vm.smoke_file.write_text(json.dumps({**top, "vmms": records}))
+
+
+def test_vmm_setting_is_strict() -> None:
+    with pytest.raises(ConfigError, match="auto, firecracker, qemu, qemu-kvm, qemu-tcg"):
+        SandboxConfig.from_env(env={"ARGOSY_SANDBOX_VMM": "kvm"})
+    cfg = SandboxConfig.from_env(env={"ARGOSY_SANDBOX_VMM": "qemu", "ARGOSY_SANDBOX_FIRECRACKER": "/opt/fc"})
+    assert cfg.vmm == "qemu" and cfg.firecracker_binary == Path("/opt/fc")
+    assert [v.name for v in MicroVMBackend(cfg).candidates()] == ["qemu-kvm", "qemu-tcg"]
+
+
+def test_vmm_choice_on_this_node(tmp_path: Path) -> None:
+    """The real checks on this machine: no Firecracker binary, so Firecracker is not chosen and
+    the reason says so; QEMU+KVM only with its KVM probe as the sandbox uid and a smoke boot."""
+    vm = MicroVMBackend(SandboxConfig(image_dir=tmp_path))
+    assert [v.name for v in vm.candidates()] == ["firecracker", "qemu-kvm", "qemu-tcg"]
+    choice = vm.choose()
+    assert choice.vmm is None  # nothing smoke-booted yet
+    reasons = {name: (ok, why) for name, ok, why in choice.considered}
+    if fc.find_firecracker() is None:
+        assert reasons["firecracker"] == (False, vm.precheck(vm.candidates()[0])[1])
+        assert "no firecracker binary" in reasons["firecracker"][1]
+    kvm_ok, kvm_why = vm.kvm_probe()
+    if not kvm_ok:
+        assert reasons["qemu-kvm"] == (False, kvm_why)
+    if shutil.which("qemu-system-x86_64"):
+        assert "never smoke-booted" in reasons["qemu-tcg"][1]
+        # A record says QEMU/TCG booted: it is chosen, with the TCG compile factor.
+        _write_smoke(vm, {"qemu-tcg": {"vmm": "qemu-tcg", "ok": True, "seconds": 3.5}})
+        vm = MicroVMBackend(SandboxConfig(image_dir=tmp_path))
+        assert vm.vmm is not None and vm.vmm.name == "qemu-tcg"
+        assert vm.compile_timeout_factor == TCG_COMPILE_FACTOR
+        checks = {c.name: c for c in vm.checks()}
+        assert checks["vmm"].ok and checks["vmm"].detail.startswith("qemu-tcg")
+        assert checks["vmm qemu-tcg"].detail.startswith("in use: booted")
+        assert not checks["vmm firecracker"].ok and checks["vmm firecracker"].detail
+        # A record from before there was a choice (no "vmm") is QEMU/TCG's.
+        vm.smoke_file.write_text(json.dumps({"at": 1.0, "ok": True, "seconds": 4.0}))
+        assert MicroVMBackend(SandboxConfig(image_dir=tmp_path)).choose().vmm.name == "qemu-tcg"  # type: ignore[union-attr]
+        # Forced to Firecracker where it cannot run: no VMM, and the reason is Firecracker's.
+        forced = MicroVMBackend(SandboxConfig(image_dir=tmp_path, vmm="firecracker"))
+        assert forced.vmm is None and [n for n, _, _ in forced.choose().considered] == ["firecracker"]
+
+
+def test_qemu_args_follow_the_accelerator() -> None:
+    vm = VMConfig("/dev/fd/3", "/dev/fd/4", "/dev/fd/5", 448, 2, "console=ttyS0")
+    tcg, kvm = QemuVMM("/usr/bin/qemu"), QemuVMM("/usr/bin/qemu", "kvm")
+    assert tcg.argv(vm)[tcg.argv(vm).index("-accel") + 1] == "tcg"
+    argv = kvm.argv(vm)
+    assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"
+    # The TCG clock settings are TCG's; under KVM the guest calibrates itself and compiles at speed.
+    assert "tsc_early_khz" in tcg.kernel_args and "tsc_early_khz" not in kvm.kernel_args
+    assert tcg.compile_timeout_factor == TCG_COMPILE_FACTOR and kvm.compile_timeout_factor == 1.0
+    assert kvm.boot_timeout_s < tcg.boot_timeout_s
+    assert fc.FirecrackerVMM.kernel_file == "vmlinux" and "tsc" not in fc.FirecrackerVMM.kernel_args
+    with pytest.raises(SandboxError):
+        QemuVMM("/usr/bin/qemu", "hvf")
+
+
+@pytest.mark.slow
+def test_guest_reboot_ends_qemu_cleanly(tmp_path: Path) -> None:
+    """/init ends the VM with `reboot -f` (Firecracker has no power-off): under QEMU's -no-reboot
+    that is a clean exit, with the TCG command line the backend uses."""
+    assert "reboot -f" in INIT and "poweroff" not in INIT
+    kernel = TEST_CACHE / "sandbox" / "microvm" / "vmlinuz"
+    if shutil.which("qemu-system-x86_64") is None or not kernel.exists():
+        pytest.skip("needs QEMU and the built image's kernel (the vm_config fixture builds it)")
+    busybox = Path("/bin/busybox").read_bytes()
+    init = b"#!/bin/busybox sh\n/bin/busybox echo ===REBOOTING===\n/bin/busybox reboot -f\n"
+    initrd = tmp_path / "initrd.cpio"
+    initrd.write_bytes(
+        _cpio([("bin", 0o040755, b""), ("bin/busybox", 0o100755, busybox), ("init", 0o100755, init)])
+    )
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 2**20)
+    argv = QemuVMM("qemu-system-x86_64").argv(
+        VMConfig(str(kernel), str(initrd), str(disk), 128, 1, KERNEL_ARGS)
+    )
+    t0 = time.monotonic()
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    assert b"===REBOOTING===" in r.stdout, r.stdout[-2000:]
+    assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    print(f"boot to reboot and QEMU exit: {time.monotonic() - t0:.1f} s")
+
+
+STAND_IN = r"""#!/bin/sh
+# A stand-in for a Firecracker release binary: answers --version like one, and otherwise records
+# what it was started with (argv, the config, the kernel's first bytes) and exits as a failed start.
+if [ "$1" = --version ]; then echo "Firecracker v1.13.1"; exit 0; fi
+out=@OUT@
+echo "$@" >"$out/argv"
+while [ "$1" != --config-file ]; do shift; done
+cat "$2" >"$out/config.json"
+k=$(sed -n 's/.*"kernel_image_path":"\([^"]*\)".*/\1/p' "$out/config.json")
+head -c 4 "$k" | od -An -c | tr -d ' ' >"$out/kernel-magic"
+echo "no KVM for a stand-in" >&2
+exit 1
+"""
+
+
+@pytest.fixture()
+def stand_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    """A `firecracker` script on PATH, and a KVM node the sandbox uid can open (the same device
+    as /dev/kvm, made with mknod in a private dir: the real one is root-only here), so that the
+    real KVM probe passes as that uid. The dir is 0755: the VMM runs as the sandbox uid."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mknod, and setpriv to the sandbox uid)")
+    if not Path("/dev/kvm").exists():
+        pytest.skip("no /dev/kvm: the KVM probe cannot pass")
+    d = Path(tempfile.mkdtemp(prefix="argosy-fc-stand-in-"))
+    try:
+        d.chmod(0o755)
+        rdev = os.stat("/dev/kvm").st_rdev
+        try:
+            os.mknod(d / "kvm", 0o020666, rdev)
+        except OSError as exc:
+            pytest.skip(f"cannot make a KVM node here: {exc}")
+        (d / "kvm").chmod(0o666)
+        (d / "bin").mkdir(mode=0o755)
+        (d / "out").mkdir(mode=0o777)
+        (d / "out").chmod(0o777)
+        script = d / "bin" / "firecracker"
+        script.write_text(STAND_IN.replace("@OUT@", str(d / "out")))
+        script.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{d / 'bin'}:{os.environ['PATH']}")
+        yield d / "kvm", d / "out"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _check_config(cfg: dict[str, object]) -> None:
+    """The config Firecracker was handed, against its documented shapes (fixtures/firecracker-api.json)."""
+    spec = FC_FIXTURE["config_file"]
+    assert set(cfg) <= set(spec["FullVmConfiguration"])
+    defs = spec["definitions"]
+    types = {"string": str, "boolean": bool, "integer": int}
+    for section, name in (("boot-source", "BootSource"), ("machine-config", "MachineConfiguration")):
+        part = cfg[section]
+        assert isinstance(part, dict) and set(part) <= set(defs[name]["properties"])
+        assert set(defs[name]["required"]) <= set(part)
+        for k, v in part.items():
+            assert isinstance(v, types[defs[name]["properties"][k]]), (k, v)
+    [drive] = cfg["drives"]  # type: ignore[misc]
+    assert set(defs["Drive"]["required"]) | set(defs["Drive"]["required_for_virtio_block"]) <= set(drive)
+    assert drive["is_read_only"] is True and drive["is_root_device"] is False
+    boot = cfg["boot-source"]
+    assert isinstance(boot, dict)
+    args = boot["boot_args"].split()
+    # Firecracker's documented arguments, then the image's /init; none of TCG's clock settings.
+    assert args[:4] == FC_FIXTURE["boot_args"]["recommended"].split() and "rdinit=/init" in args
+    assert not any(a.startswith(("tsc", "lpj", "no_timer_check")) for a in args)
+    for key in ("kernel_image_path", "initrd_path"):
+        assert boot[key].startswith("/dev/fd/")
+    assert drive["path_on_host"].startswith("/dev/fd/")
+    mc = cfg["machine-config"]
+    assert isinstance(mc, dict) and mc["smt"] is False and mc["vcpu_count"] >= 1
+
+
+@pytest.mark.slow
+def test_firecracker_chosen_when_it_works_and_a_failed_smoke_falls_back(
+    vm_config: SandboxConfig, stand_in: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With a binary (the stand-in), a passing KVM probe as the sandbox uid and a Firecracker smoke
+    record, jobs go to Firecracker: the backend hands it the unpacked vmlinux and a config of the
+    documented shape. A failing Firecracker smoke boot (the stand-in cannot boot) falls back to
+    QEMU, which then boots for real."""
+    node, out = stand_in
+    real = MicroVMBackend(vm_config)
+    d = tmp_path / "microvm"
+    d.mkdir()
+    for p in (real.kernel, real.initramfs, real.rootfs, real.modules_dir, real.manifest_file):
+        (d / p.name).symlink_to(p)
+    cfg = fresh_config(backend="microvm", image_dir=tmp_path)
+    vm = MicroVMBackend(cfg, kvm_device=node)
+    firecracker = vm.candidates()[0]
+    assert isinstance(firecracker, fc.FirecrackerVMM) and firecracker.binary == Path(
+        shutil.which("firecracker") or ""
+    )
+    ok, why = vm.precheck(firecracker)
+    assert not ok and "vmlinux" in why  # binary, version and probe pass; the ELF kernel is missing
+    log: list[str] = []
+    vm._vmlinux(log)  # what build-image does when a Firecracker binary is found
+    assert fc.is_elf(vm.vmlinux) and "vmlinux" in log[0]
+    ok, why = MicroVMBackend(cfg, kvm_device=node).precheck(firecracker)
+    assert ok and "Firecracker 1.13.1" in why and "smoke boot decides" in why
+
+    # binary + probe + smoke say yes: Firecracker runs the jobs.
+    _write_smoke(vm, {"firecracker": {"vmm": "firecracker", "ok": True, "seconds": 0.9}})
+    vm = MicroVMBackend(cfg, kvm_device=node)
+    assert vm.vmm is not None and vm.vmm.name == "firecracker" and vm.compile_timeout_factor == 1.0
+    assert vm.available() == (True, f"Firecracker (KVM); languages: {', '.join(vm.image_languages)}")
+    with pytest.raises(SandboxError, match="did not start the job"):
+        vm.run_job(["sh", "-c", "echo hi"], Limits(10_000, 64, 1, 4096, 16, 1), {})
+    argv = (out / "argv").read_text().split()
+    assert argv[:2] == ["--no-api", "--config-file"] and argv[2].startswith("/dev/fd/")
+    config = json.loads((out / "config.json").read_text())
+    _check_config(config)
+    assert config["machine-config"]["mem_size_mib"] == 64 + 128  # the step's memory + the guest's
+    assert (out / "kernel-magic").read_text().strip() == "177ELF"  # the vmlinux, not the bzImage
+
+    # The smoke boot: Firecracker (the stand-in) fails, so does QEMU+KVM (QEMU cannot open the real,
+    # root-only /dev/kvm as the sandbox uid), and QEMU/TCG boots and becomes the VMM.
+    t0 = time.monotonic()
+    smoke = vm.smoke()
+    records = smoke["vmms"]
+    assert isinstance(records, dict) and list(records) == ["firecracker", "qemu-kvm", "qemu-tcg"], smoke
+    assert not records["firecracker"]["ok"] and "did not start" in records["firecracker"]["error"]
+    assert not records["qemu-kvm"]["ok"]
+    assert records["qemu-tcg"]["ok"] and smoke["vmm"] == "qemu-tcg" and smoke["ok"]
+    after = MicroVMBackend(cfg, kvm_device=node)
+    assert after.vmm is not None and after.vmm.name == "qemu-tcg"
+    assert after.compile_timeout_factor == TCG_COMPILE_FACTOR
+    reasons = {n: why for n, _, why in after.choose().considered}
+    assert "failed its smoke boot" in reasons["firecracker"]
+    print(f"smoke with fallback: {time.monotonic() - t0:.1f} s; {records}")

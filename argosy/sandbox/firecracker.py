@@ -8,8 +8,8 @@ What Firecracker needs that QEMU does not:
   cheaply (API version, the capabilities Firecracker requires, a vCPU entering a guest and exiting on
   `hlt`). That is not proof: on this project's nodes (themselves Firecracker guests, nested KVM) all of
   it passes, yet a real kernel hangs early in its boot under QEMU+KVM, silent on the console. A boot
-  alone decides, which is what the backend's smoke boot (smoke.json) records; `FirecrackerVMM.available`
-  takes that record as the final word.
+  alone decides, which is what the backend's smoke boot (smoke.json, one record per VMM) records:
+  microvm.py chooses Firecracker only when these checks pass and its Firecracker record says it booted.
 
 The guest powers off by rebooting: Firecracker implements no guest power management, and with
 `reboot=k` a guest reboot goes through the i8042 keyboard-controller reset, which ends the

@@ -5,26 +5,35 @@ Image (`argosy sandbox build-image`, under `image_dir/microvm`):
 - `vmlinuz`: a Debian cloud kernel (from /boot, else `apt-get download` of the
   linux-image-*-cloud-amd64 package, unpacked with dpkg-deb), and from the same package the
   modules it needs to see its disk (virtio_mmio, virtio_blk and what their .modinfo names);
+- `vmlinux`: the ELF kernel inside vmlinuz (Firecracker boots nothing else), unpacked only where a
+  Firecracker binary is found (~2 s, 53 MB);
 - `initramfs.cpio`: busybox-static, those modules and /init (a few hundred KiB);
 - `rootfs.ext4`: the languages' toolchains, read-only. Built from the Debian packages that own each
   toolchain binary on this node (`dpkg -S`) and their installed dependencies (`dpkg -L` of each),
   docs and man pages left out, plus the libraries `ldd` names and the /etc/alternatives links that
   point into it; written with `mkfs.ext4 -d` (no mount, no root needed);
 - `manifest.json`: which languages (and versions) the rootfs carries, which were left out and why,
-  and the inputs (package versions, image format) that decide whether a rebuild is needed.
+  and the inputs (package versions, image format) that decide whether a rebuild is needed;
+- `smoke.json`: the smoke boot of each VMM tried, which decides the VMM (below).
 
 A run: the agent appends a second cpio archive (the kernel unpacks concatenated archives) with the
 job — its files, one script per step (compile, run), stdin — and boots the VM. /init loads the
 modules, mounts the rootfs read-only, puts tmpfs on /work and /tmp, copies the files in, and runs
 each step chrooted into the rootfs as uid 65534 with no_new_privs, inside a guest cgroup that holds
 the step's memory and pids limits. It prints each step's stdout, stderr (base64) and exit status
-between markers on the serial console and powers off; a failed compile ends the job there. The
-agent enforces each step's deadline from the moment the guest says it started (boot time is not
+between markers on the serial console and ends the VM by rebooting (`reboot -f`: Firecracker has
+no guest power-off, and QEMU's -no-reboot exits on a reboot); a failed compile ends the job there.
+The agent enforces each step's deadline from the moment the guest says it started (boot time is not
 charged to the code) and the output cap (on the console bytes).
 
-The VMM is a seam (`VMM`): QEMU's `microvm` machine under TCG today (KVM is not used: nested KVM
-hangs on this project's nodes), so QEMU runs with `-accel tcg` (software emulation): correct, and
-slow.
+The VMM is a seam (`VMM`: VMConfig → argv, plus its kernel file, kernel arguments, boot timeout and
+compile-timeout factor), with three, most preferred first: Firecracker (firecracker.py), QEMU's
+`microvm` machine with `-accel kvm`, and the same under TCG (software emulation: correct, slow, the
+TSC clock settings in KERNEL_ARGS, compile deadlines × TCG_COMPILE_FACTOR). A KVM VMM is considered
+only when /dev/kvm passes the probe as the uid the VMM runs as, and Firecracker only with a 1.6+
+binary and the vmlinux; then only a recorded smoke boot under that VMM makes it the one jobs use, so
+a node where nested KVM hangs on a real kernel (this project's, themselves Firecracker guests) falls
+back to QEMU/TCG. The `vmm` setting (auto|firecracker|qemu|qemu-kvm|qemu-tcg) narrows the list.
 """
 
 from __future__ import annotations

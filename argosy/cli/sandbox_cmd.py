@@ -361,13 +361,16 @@ def register(app: typer.Typer) -> None:
         )
         with console.status(f"booting it once under {', then '.join(usable)} until one works…"):
             smoke = vm.smoke()
-        for name, rec in dict(smoke.get("vmms") or {}).items():  # type: ignore[call-overload]
+        tried = dict(smoke.get("vmms") or {})  # type: ignore[call-overload]
+        # In order of preference: each VMM's smoke boot, or why it was not tried.
+        for name, _, why in vm.choose().considered:
+            rec = tried.get(name)
+            if rec is None:
+                console.print(f"  {name}: not tried: {escape(why)}", highlight=False)
+                continue
             mark = "[green]ok[/]" if rec.get("ok") else "[red]failed[/]"
             detail = "ran a job" if rec.get("ok") else escape(str(rec.get("error")))
             console.print(f"  {name}: {mark} after {rec.get('seconds')} s: {detail}", highlight=False)
-        for name, ok, why in vm.choose().considered:
-            if name not in dict(smoke.get("vmms") or {}) and not ok:  # type: ignore[call-overload]
-                console.print(f"  {name}: not tried: {escape(why)}", highlight=False)
         if not smoke.get("ok"):
             raise ArgosyError(
                 f"the image is built ({vm.image_dir}) but the VM did not run a job: {smoke.get('error')} "

@@ -369,9 +369,10 @@ class MicroVMBackend:
         self.qemu = shutil.which(QEMU)
         self.kvm_device = Path(kvm_device)
         self.image_dir = config.image_dir / "microvm"
-        # Both cached per instance: a probe is a child process, and the choice reads smoke.json.
+        # Cached per instance (a probe is a child process) until smoke.json changes: a build-image
+        # run elsewhere re-checks, and a long-lived agent picks up its result.
         self._kvm: tuple[bool, str] | None = None
-        self._choice: VMMChoice | None = None
+        self._choice: tuple[int, VMMChoice] | None = None
 
     @property
     def vmm(self) -> VMM | None:
@@ -491,8 +492,14 @@ class MicroVMBackend:
     def choose(self) -> VMMChoice:
         """The first VMM (in the `vmm` setting's order) that passes its checks and whose smoke boot
         worked: a passing KVM probe is not proof (nested KVM hangs on a real kernel), a boot is."""
+        try:
+            stamp = self.smoke_file.stat().st_mtime_ns
+        except OSError:
+            stamp = 0
+        if self._choice is not None and self._choice[0] == stamp:
+            return self._choice[1]
         if self._choice is not None:
-            return self._choice
+            self._kvm = None
         records = self.smoke_records()
         chosen: VMM | None = None
         considered: list[tuple[str, bool, str]] = []
@@ -512,8 +519,8 @@ class MicroVMBackend:
                 assert chosen is not None
                 why = f"works, but {chosen.name} comes first ({why})"
             considered.append((vmm.name, ok, why))
-        self._choice = VMMChoice(chosen, considered)
-        return self._choice
+        self._choice = (stamp, VMMChoice(chosen, considered))
+        return self._choice[1]
 
     def smoke_result(self) -> dict[str, object] | None:
         try:

@@ -15,6 +15,7 @@ import pytest
 from argosy.sandbox.config import SandboxConfig, default_base_dir
 from argosy.sandbox.languages import LanguageTable
 from argosy.sandbox.service import LocalRunner
+from tests.conftest import TEST_CACHE
 
 BWRAP = shutil.which("bwrap")
 needs_bwrap = pytest.mark.skipif(
@@ -69,3 +70,38 @@ def is_root() -> bool:
 
 def base_of(r: LocalRunner) -> Path:
     return r.config.base_dir
+
+
+def _vm_tools_or_skip() -> None:
+    if shutil.which("qemu-system-x86_64") is None or not Path("/bin/busybox").exists():
+        pytest.skip("needs qemu-system-x86 and busybox-static (see .ci/apt-sandbox.txt)")
+
+
+@pytest.fixture(scope="session")
+def vm_kernel() -> Path:
+    """The microVM's Debian kernel (apt-get download on a node without one in /boot), cached with
+    the other test builds: made here, not skipped for, so a fresh machine runs the tests that need it
+    whatever order they come in."""
+    from argosy.sandbox.microvm import MicroVMBackend
+
+    _vm_tools_or_skip()
+    vm = MicroVMBackend(SandboxConfig(image_dir=TEST_CACHE / "sandbox"))
+    vm.image_dir.mkdir(parents=True, exist_ok=True)
+    vm._kernel([])
+    return vm.kernel
+
+
+@pytest.fixture(scope="session")
+def vm_config() -> SandboxConfig:
+    """A microvm config whose image (kernel, initramfs, rootfs) is built, cached across runs, and has
+    booted once here."""
+    from argosy.sandbox.microvm import MicroVMBackend
+
+    _vm_tools_or_skip()
+    cfg = fresh_config(backend="microvm", image_dir=TEST_CACHE / "sandbox")
+    vm = MicroVMBackend(cfg)
+    vm.build_image()
+    smoke = vm.smoke()
+    if not smoke.get("ok"):
+        pytest.fail(f"the microVM did not boot: {smoke}")
+    return cfg

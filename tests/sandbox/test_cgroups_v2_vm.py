@@ -26,11 +26,9 @@ import pytest
 
 import argosy
 from argosy.sandbox.microvm import KERNEL_ARGS, _cpio, _tree_entries
-from tests.conftest import TEST_CACHE
 
 # The kernel of the microVM image (built once into the test cache); the image's own initramfs and
 # rootfs are the microvm backend's business and not used here.
-IMAGE_DIR = TEST_CACHE / "sandbox" / "microvm"
 SRC = Path(argosy.__file__).parent
 # cgroups.py and what it imports: stdlib only, which is all the guest's Python has.
 GUEST_MODULES = ("sandbox/cgroups.py", "sandbox/limits.py", "sandbox/errors.py", "core/errors.py")
@@ -357,17 +355,10 @@ print(json.dumps(sorted(f for f in files if f and f.startswith(std))))
 """
 
 
-def _image() -> tuple[str, Path]:
+def _image(kernel: Path) -> tuple[str, Path]:
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         pytest.skip("QEMU is not installed: apt-get install -y qemu-system-x86")
-    kernel = IMAGE_DIR / "vmlinuz"
-    if not kernel.exists():
-        pytest.skip(
-            f"no microVM kernel at {kernel}: build the image with "
-            f"`ARGOSY_CACHE_DIR={TEST_CACHE} argosy sandbox build-image` "
-            "(or run tests/sandbox/test_microvm.py, whose fixture builds the same one)"
-        )
     ldd = subprocess.run(["ldd", BUSYBOX], capture_output=True, text=True) if Path(BUSYBOX).exists() else None
     if ldd is None or "not a dynamic executable" not in ldd.stdout + ldd.stderr:
         pytest.skip(
@@ -462,8 +453,8 @@ def _boot(qemu: str, kernel: Path) -> tuple[dict[str, Any], str, float]:
 
 
 @pytest.mark.slow
-def test_cgroup_v2_limits_in_a_real_kernel() -> None:
-    res, console, seconds = _boot(*_image())
+def test_cgroup_v2_limits_in_a_real_kernel(vm_kernel: Path) -> None:
+    res, console, seconds = _boot(*_image(vm_kernel))
     print(f"VM run {seconds:.1f} s, kernel {res.get('kernel')}\n{json.dumps(res, indent=1)}")
     assert not res["errors"], res["errors"]
 

@@ -23,13 +23,8 @@ import pytest
 
 from argosy.sandbox import firecracker as fc
 from argosy.sandbox.errors import SandboxError
-from tests.conftest import TEST_CACHE
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "firecracker-api.json").read_text())
-KERNEL = TEST_CACHE / "sandbox" / "microvm" / "vmlinuz"
-needs_kernel = pytest.mark.skipif(
-    not KERNEL.exists(), reason=f"no Debian kernel at {KERNEL} (argosy sandbox build-image fetches it)"
-)
 JSON_TYPES = {"string": str, "boolean": bool, "integer": int}
 MARKER = b"===ARGOSY-FC-BOOTED==="
 
@@ -116,14 +111,11 @@ def test_boot_args_merge_keeps_the_last_word() -> None:
 
 
 @pytest.fixture(scope="module")
-def vmlinux(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not KERNEL.exists():
-        pytest.skip(f"no Debian kernel at {KERNEL} (argosy sandbox build-image fetches it)")
-    return fc.extract_vmlinux(KERNEL, tmp_path_factory.mktemp("fc") / "vmlinux")
+def vmlinux(vm_kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fc.extract_vmlinux(vm_kernel, tmp_path_factory.mktemp("fc") / "vmlinux")
 
 
-@needs_kernel
-def test_extract_vmlinux_from_the_real_debian_kernel(vmlinux: Path) -> None:
+def test_extract_vmlinux_from_the_real_debian_kernel(vmlinux: Path, vm_kernel: Path) -> None:
     data = vmlinux.read_bytes()
     # ELF64, little-endian, an executable for x86-64: what Firecracker's loader takes.
     assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1
@@ -133,7 +125,7 @@ def test_extract_vmlinux_from_the_real_debian_kernel(vmlinux: Path) -> None:
     assert stat.S_IMODE(vmlinux.stat().st_mode) == 0o644
     assert [p.name for p in vmlinux.parent.iterdir()] == ["vmlinux"]
     # Against the reference decompressor, where the kernel's format has one on this machine.
-    raw = KERNEL.read_bytes()
+    raw = vm_kernel.read_bytes()
     tool = {b"\x02\x21\x4c\x18": "lz4", b"\x28\xb5\x2f\xfd": "zstd"}
     start = (raw[0x1F1] + 1) * 512 + int.from_bytes(raw[0x248:0x24C], "little")
     name = tool.get(raw[start : start + 4])
@@ -410,7 +402,6 @@ def _boot(argv: list[str], timeout_s: float) -> tuple[int | None, bytes]:
         return None, out
 
 
-@needs_kernel
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
 def test_extracted_kernel_boots(vmlinux: Path, initrd: Path) -> None:
     """The extracted ELF is a whole kernel: QEMU boots it directly (PVH entry, no decompressor) under
@@ -434,7 +425,6 @@ def _firecracker_ready() -> tuple[bool, str]:
     return fc.FirecrackerVMM().available()
 
 
-@needs_kernel
 def test_firecracker_boots_end_to_end(vmlinux: Path, initrd: Path) -> None:
     """Both launch forms (config file; the seam's here-document) boot the extracted kernel, print
     the guest's marker on stdout and end when the guest reboots."""

@@ -36,9 +36,6 @@ from argosy.sandbox.microvm import (
 from argosy.sandbox.models import ExecRequest
 from argosy.sandbox.service import LocalRunner
 
-# Shared with the other test builds (tests/conftest.py): the kernel download is cached across runs.
-from tests.conftest import TEST_CACHE  # noqa: E402  (one definition for the whole suite)
-
 from .conftest import fresh_config
 
 
@@ -52,20 +49,6 @@ def test_doctor_says_why_when_there_is_no_image(tmp_path: Path) -> None:
     vm = MicroVMBackend(SandboxConfig(image_dir=tmp_path))
     ok, why = vm.available()
     assert not ok and ("build-image" in why or "QEMU" in why)
-
-
-@pytest.fixture(scope="module")
-def vm_config() -> Iterator[SandboxConfig]:
-    if shutil.which("qemu-system-x86_64") is None or not Path("/bin/busybox").exists():
-        pytest.skip("needs qemu-system-x86 and busybox-static (see .ci/apt-sandbox.txt)")
-    # The image (kernel download included) is cached across runs with the other test builds.
-    cfg = fresh_config(backend="microvm", image_dir=TEST_CACHE / "sandbox")
-    vm = MicroVMBackend(cfg)
-    vm.build_image()
-    smoke = vm.smoke()
-    if not smoke.get("ok"):
-        pytest.fail(f"the microVM did not boot: {smoke}")
-    yield cfg
 
 
 @pytest.mark.slow
@@ -321,13 +304,11 @@ def test_qemu_args_follow_the_accelerator() -> None:
 
 
 @pytest.mark.slow
-def test_guest_reboot_ends_qemu_cleanly(tmp_path: Path) -> None:
+def test_guest_reboot_ends_qemu_cleanly(tmp_path: Path, vm_kernel: Path) -> None:
     """/init ends the VM with `reboot -f` (Firecracker has no power-off): under QEMU's -no-reboot
     that is a clean exit, with the TCG command line the backend uses."""
     assert "reboot -f" in INIT and "poweroff" not in INIT
-    kernel = TEST_CACHE / "sandbox" / "microvm" / "vmlinuz"
-    if shutil.which("qemu-system-x86_64") is None or not kernel.exists():
-        pytest.skip("needs QEMU and the built image's kernel (the vm_config fixture builds it)")
+    kernel = vm_kernel
     busybox = Path("/bin/busybox").read_bytes()
     init = b"#!/bin/busybox sh\n/bin/busybox echo ===REBOOTING===\n/bin/busybox reboot -f\n"
     initrd = tmp_path / "initrd.cpio"

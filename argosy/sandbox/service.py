@@ -57,7 +57,7 @@ def backends() -> Registry:
             ),
             "microvm": Entry(
                 "argosy.sandbox.microvm:MicroVMBackend",
-                summary="one VM per run: own kernel, toolchains on a read-only disk (QEMU microvm, TCG here)",
+                summary="one VM per run: own kernel, toolchains on a read-only disk (Firecracker, QEMU/KVM or QEMU/TCG)",
             ),
         },
     )

@@ -215,6 +215,47 @@ class _Active:
     reaped: bool = False
 
 
+def _compile_output(res: ProcessResult) -> CompileOutput:
+    return CompileOutput(
+        stdout=_decode(res.stdout),
+        stderr=_decode(res.stderr),
+        exit_code=res.exit_code,
+        duration_ms=round(res.duration_ms, 3),
+        timed_out=res.timed_out,
+        oom_killed=res.oom_killed,
+    )
+
+
+def _exec_result(
+    run_id: str,
+    res: ProcessResult,
+    status: str,
+    lang: Language,
+    version: str | None,
+    backend: str,
+    compile_out: CompileOutput | None,
+    warm: bool = False,
+) -> ExecResult:
+    """One step's process result as the API's answer (a compile error is the compile step's)."""
+    return ExecResult(
+        run_id=run_id,
+        status=status,  # type: ignore[arg-type]
+        stdout=_decode(res.stdout),
+        stderr=_decode(res.stderr),
+        exit_code=res.exit_code,
+        signal=res.signal,
+        timed_out=res.timed_out,
+        oom_killed=res.oom_killed,
+        truncated=res.truncated,
+        duration_ms=round(res.duration_ms, 3),
+        language=lang.name,
+        version=version,
+        backend=backend,
+        compile=compile_out,
+        warm=warm,
+    )
+
+
 def _decode(b: bytes) -> str:
     return b.decode("utf-8", errors="replace")
 
@@ -374,30 +415,10 @@ class LocalRunner:
                 cres = self._start(
                     run_id, prepared, lang.argv(lang.spec.compile, lang.spec.file), climits, env, None
                 )
-                compile_out = CompileOutput(
-                    stdout=_decode(cres.stdout),
-                    stderr=_decode(cres.stderr),
-                    exit_code=cres.exit_code,
-                    duration_ms=round(cres.duration_ms, 3),
-                    timed_out=cres.timed_out,
-                    oom_killed=cres.oom_killed,
-                )
+                compile_out = _compile_output(cres)
                 if cres.exit_code != 0:
-                    return ExecResult(
-                        run_id=run_id,
-                        status="compile_error",
-                        stdout=compile_out.stdout,
-                        stderr=compile_out.stderr,
-                        exit_code=cres.exit_code,
-                        signal=cres.signal,
-                        timed_out=cres.timed_out,
-                        oom_killed=cres.oom_killed,
-                        truncated=cres.truncated,
-                        duration_ms=round(cres.duration_ms, 3),
-                        language=lang.name,
-                        version=lang.version(),
-                        backend=self.backend.name,
-                        compile=compile_out,
+                    return _exec_result(
+                        run_id, cres, "compile_error", lang, lang.version(), self.backend.name, compile_out
                     )
             warm = False
             prepared_run: Prepared | None = None
@@ -426,22 +447,8 @@ class LocalRunner:
             finally:
                 if warm:
                     self.pool.refill()
-            return ExecResult(
-                run_id=run_id,
-                status=self._status(res),  # type: ignore[arg-type]
-                stdout=_decode(res.stdout),
-                stderr=_decode(res.stderr),
-                exit_code=res.exit_code,
-                signal=res.signal,
-                timed_out=res.timed_out,
-                oom_killed=res.oom_killed,
-                truncated=res.truncated,
-                duration_ms=round(res.duration_ms, 3),
-                language=lang.name,
-                version=lang.version(),
-                backend=self.backend.name,
-                compile=compile_out,
-                warm=warm,
+            return _exec_result(
+                run_id, res, self._status(res), lang, lang.version(), self.backend.name, compile_out, warm
             )
         finally:
             if own_workdir is not None:
@@ -540,49 +547,12 @@ class LocalRunner:
         compile_out: CompileOutput | None = None
         if lang.compiled:
             cres = results[0]
-            compile_out = CompileOutput(
-                stdout=_decode(cres.stdout),
-                stderr=_decode(cres.stderr),
-                exit_code=cres.exit_code,
-                duration_ms=round(cres.duration_ms, 3),
-                timed_out=cres.timed_out,
-                oom_killed=cres.oom_killed,
-            )
+            compile_out = _compile_output(cres)
             if cres.exit_code != 0 or len(results) < 2:
                 # As the namespaces backend reports it: the compiler's output, status compile_error.
-                return ExecResult(
-                    run_id=run_id,
-                    status="compile_error",
-                    stdout=compile_out.stdout,
-                    stderr=compile_out.stderr,
-                    exit_code=cres.exit_code,
-                    signal=cres.signal,
-                    timed_out=cres.timed_out,
-                    oom_killed=cres.oom_killed,
-                    truncated=cres.truncated,
-                    duration_ms=round(cres.duration_ms, 3),
-                    language=lang.name,
-                    version=version,
-                    backend="microvm",
-                    compile=compile_out,
-                )
+                return _exec_result(run_id, cres, "compile_error", lang, version, "microvm", compile_out)
         res = results[-1]
-        return ExecResult(
-            run_id=run_id,
-            status=self._status(res),  # type: ignore[arg-type]
-            stdout=_decode(res.stdout),
-            stderr=_decode(res.stderr),
-            exit_code=res.exit_code,
-            signal=res.signal,
-            timed_out=res.timed_out,
-            oom_killed=res.oom_killed,
-            truncated=res.truncated,
-            duration_ms=round(res.duration_ms, 3),
-            language=lang.name,
-            version=version,
-            backend="microvm",
-            compile=compile_out,
-        )
+        return _exec_result(run_id, res, self._status(res), lang, version, "microvm", compile_out)
 
     # -- sessions ----------------------------------------------------------------------------------
 

@@ -337,20 +337,26 @@ def _lz4_legacy(payload: bytes) -> bytes:
     return bytes(out)
 
 
+def _lz4_length(src: bytes, i: int, nibble: int) -> tuple[int, int]:
+    """A token's 4-bit length, extended by 255-valued bytes while the nibble is 15; (length, next i)."""
+    length = nibble
+    if nibble == 15:
+        while True:
+            b = src[i]
+            i += 1
+            length += b
+            if b != 255:
+                break
+    return length, i
+
+
 def _lz4_block(src: bytes) -> bytes:
     out = bytearray()
     i, n = 0, len(src)
     while i < n:
         token = src[i]
         i += 1
-        lit = token >> 4
-        if lit == 15:
-            while True:
-                b = src[i]
-                i += 1
-                lit += b
-                if b != 255:
-                    break
+        lit, i = _lz4_length(src, i, token >> 4)
         out += src[i : i + lit]
         i += lit
         if i >= n:  # the last sequence has literals only
@@ -359,14 +365,7 @@ def _lz4_block(src: bytes) -> bytes:
         i += 2
         if offset == 0 or offset > len(out):
             raise SandboxError("corrupt lz4 block in the kernel payload", fix="check the kernel image")
-        length = token & 15
-        if length == 15:
-            while True:
-                b = src[i]
-                i += 1
-                length += b
-                if b != 255:
-                    break
+        length, i = _lz4_length(src, i, token & 15)
         length += 4
         start = len(out) - offset
         if offset >= length:

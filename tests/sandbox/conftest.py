@@ -87,7 +87,7 @@ def vm_kernel() -> Path:
     _vm_tools_or_skip()
     vm = MicroVMBackend(SandboxConfig(image_dir=TEST_CACHE / "sandbox"))
     vm.image_dir.mkdir(parents=True, exist_ok=True)
-    vm._kernel([])
+    vm.image._kernel([])
     return vm.kernel
 
 

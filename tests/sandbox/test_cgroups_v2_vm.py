@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 import argosy
-from argosy.sandbox.microvm import KERNEL_ARGS, _cpio, _tree_entries
+from argosy.sandbox.microvm import KERNEL_ARGS
+from argosy.sandbox.vmimage import _cpio, _tree_entries
 
 # The kernel of the microVM image (built once into the test cache); the image's own initramfs and
 # rootfs are the microvm backend's business and not used here.

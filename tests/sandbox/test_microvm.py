@@ -22,19 +22,10 @@ from argosy.sandbox import firecracker as fc
 from argosy.sandbox.config import SandboxConfig
 from argosy.sandbox.errors import SandboxError, SandboxRequestError
 from argosy.sandbox.languages import Limits
-from argosy.sandbox.microvm import (
-    INIT,
-    KERNEL_ARGS,
-    TCG_COMPILE_FACTOR,
-    MicroVMBackend,
-    QemuVMM,
-    VMConfig,
-    _closure,
-    _cpio,
-    _resolve_in,
-)
+from argosy.sandbox.microvm import KERNEL_ARGS, TCG_COMPILE_FACTOR, MicroVMBackend, QemuVMM, VMConfig
 from argosy.sandbox.models import ExecRequest
 from argosy.sandbox.service import LocalRunner
+from argosy.sandbox.vmimage import INIT, _closure, _cpio, _resolve_in
 
 from .conftest import fresh_config
 
@@ -423,7 +414,7 @@ def test_firecracker_chosen_when_it_works_and_a_failed_smoke_falls_back(
     ok, why = vm.precheck(firecracker)
     assert not ok and "vmlinux" in why  # binary, version and probe pass; the ELF kernel is missing
     log: list[str] = []
-    vm._vmlinux(log)  # what build-image does when a Firecracker binary is found
+    vm.image._vmlinux(log)  # what build-image does when a Firecracker binary is found
     assert fc.is_elf(vm.vmlinux) and "vmlinux" in log[0]
     ok, why = MicroVMBackend(cfg, kvm_device=node).precheck(firecracker)
     assert ok and "Firecracker 1.13.1" in why and "smoke boot decides" in why
@@ -477,7 +468,7 @@ def test_a_job_runs_under_firecracker_where_it_can(vm_config: SandboxConfig, tmp
     d.mkdir()
     for p in (real.kernel, real.initramfs, real.rootfs, real.modules_dir, real.manifest_file):
         (d / p.name).symlink_to(p)
-    vm._vmlinux([])
+    vm.image._vmlinux([])
     smoke = vm.smoke()
     assert smoke["ok"] and smoke["vmm"] == "firecracker", smoke
     res = MicroVMBackend(cfg).run_job(

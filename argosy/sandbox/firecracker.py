@@ -254,7 +254,7 @@ def extract_vmlinux(bzimage: str | Path, out: str | Path) -> Path:
                 f"{bzimage} holds no kernel payload this code can unpack (gzip, xz, lzma, bzip2, lz4, zstd)",
                 fix="give Firecracker an uncompressed vmlinux (the kernel's scripts/extract-vmlinux)",
             )
-    # Per process, as microvm.py names its temporaries: builds may overlap, and a dead one's is removed.
+    # Per process, as vmimage.py names its temporaries: builds may overlap, and a dead one's is removed.
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_bytes(vmlinux)
     tmp.chmod(0o644)  # the VMM runs as the sandbox uid and reopens it through /dev/fd

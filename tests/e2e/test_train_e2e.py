@@ -72,8 +72,14 @@ def test_upload_train_report_deploy_chat_destroy(env: dict[str, str], home: Path
     shown = cli_json("train", "show", job["id"], env=env)
     losses = [m["loss"] for m in shown["metrics"] if m["loss"] is not None]
     assert len(losses) >= 8 and losses[-1] < losses[0]  # it learned
-    states = [e["to"] for e in shown["events"] if e["from"] != e["to"]]
-    assert states[:3] == ["queued", "placing", "running"] and states[-1] == "succeeded"
+    moves = [e for e in shown["events"] if e["from"] != e["to"]]
+    states = [e["to"] for e in moves]
+    # A placement may be undone once (the serve reconciler's idle sweep can stop the local node as
+    # the job is bound to it: a known race, see docs/fine-tuning.md); the job then says why and is
+    # placed again. Anything else is a failure.
+    requeues = [e for e in moves if e["from"] == "placing" and e["to"] == "queued"]
+    assert len(requeues) <= 1 and all("queued again" in e["reason"] for e in requeues), moves
+    assert states[:2] == ["queued", "placing"] and "running" in states and states[-1] == "succeeded"
 
     report = cli_json("train", "report", job["id"], env=env)
     em = report["emissions"]

@@ -230,10 +230,10 @@ def _exec_result(
     run_id: str,
     res: ProcessResult,
     status: str,
-    lang: Language,
+    language: str,
     version: str | None,
     backend: str,
-    compile_out: CompileOutput | None,
+    compile_out: CompileOutput | None = None,
     warm: bool = False,
 ) -> ExecResult:
     """One step's process result as the API's answer (a compile error is the compile step's)."""
@@ -248,7 +248,7 @@ def _exec_result(
         oom_killed=res.oom_killed,
         truncated=res.truncated,
         duration_ms=round(res.duration_ms, 3),
-        language=lang.name,
+        language=language,
         version=version,
         backend=backend,
         compile=compile_out,
@@ -418,7 +418,13 @@ class LocalRunner:
                 compile_out = _compile_output(cres)
                 if cres.exit_code != 0:
                     return _exec_result(
-                        run_id, cres, "compile_error", lang, lang.version(), self.backend.name, compile_out
+                        run_id,
+                        cres,
+                        "compile_error",
+                        lang.name,
+                        lang.version(),
+                        self.backend.name,
+                        compile_out,
                     )
             warm = False
             prepared_run: Prepared | None = None
@@ -448,7 +454,14 @@ class LocalRunner:
                 if warm:
                     self.pool.refill()
             return _exec_result(
-                run_id, res, self._status(res), lang, lang.version(), self.backend.name, compile_out, warm
+                run_id,
+                res,
+                self._status(res),
+                lang.name,
+                lang.version(),
+                self.backend.name,
+                compile_out,
+                warm,
             )
         finally:
             if own_workdir is not None:
@@ -550,9 +563,9 @@ class LocalRunner:
             compile_out = _compile_output(cres)
             if cres.exit_code != 0 or len(results) < 2:
                 # As the namespaces backend reports it: the compiler's output, status compile_error.
-                return _exec_result(run_id, cres, "compile_error", lang, version, "microvm", compile_out)
+                return _exec_result(run_id, cres, "compile_error", lang.name, version, "microvm", compile_out)
         res = results[-1]
-        return _exec_result(run_id, res, self._status(res), lang, version, "microvm", compile_out)
+        return _exec_result(run_id, res, self._status(res), lang.name, version, "microvm", compile_out)
 
     # -- sessions ----------------------------------------------------------------------------------
 
@@ -638,21 +651,7 @@ class LocalRunner:
                 network=meta["network"], workdir=d / "work", tmpfs_mb=limits.tmpfs_mb, limits=limits
             )
             res = self._start(run_id, prepared, list(req.command) + list(req.args), limits, {}, stdin)
-            return ExecResult(
-                run_id=run_id,
-                status=self._status(res),  # type: ignore[arg-type]
-                stdout=_decode(res.stdout),
-                stderr=_decode(res.stderr),
-                exit_code=res.exit_code,
-                signal=res.signal,
-                timed_out=res.timed_out,
-                oom_killed=res.oom_killed,
-                truncated=res.truncated,
-                duration_ms=round(res.duration_ms, 3),
-                language="command",
-                version="",
-                backend=self.backend.name,
-            )
+            return _exec_result(run_id, res, self._status(res), "command", "", self.backend.name)
 
     def get_session(self, session_id: str) -> SessionInfo:
         return self._info(self._session_dir(session_id))

@@ -207,51 +207,32 @@ def test_measured_destroy_polls_once_more_before_the_endpoint_goes(w: World) -> 
     assert row.cost_usd == 0.02 and serverless_basis(row) == "measured"
 
 
-def test_the_ledger_api_splits_fallback_spend_by_basis(settings: Settings, tmp_path: Path) -> None:
-    import json
-
-    from fastapi.testclient import TestClient
-
-    from argosy.core.clock import FakeClock
-    from argosy.serve.routers import MemoryRouters
-    from argosy.server.app import create_app
-    from argosy.server.state import ServerState
-    from argosy.store.db import Store
+def test_the_ledger_api_splits_fallback_spend_by_basis(api) -> None:  # type: ignore[no-untyped-def]
     from argosy.store.ledger import record_serverless
 
-    state = ServerState(
-        settings=settings,
-        store=Store(settings.db_url),
-        server_url="http://127.0.0.1:1",
-        clock=FakeClock(),
-        routers=MemoryRouters(),
-    )
-    with TestClient(create_app(state, run_loops=False)) as client:
-        client.headers["Authorization"] = (
-            f"Bearer {json.loads(settings.credentials_path.read_text())['api_key']}"
+    client, state = api
+    with state.store.session() as s:
+        s.add(
+            Deployment(
+                id="dep_1",
+                name="m",
+                model="org/tiny",
+                engine="llamacpp",
+                provider="fake",
+                replicas=1,
+                state="active",
+                spec={},
+                created_at=0.0,
+                updated_at=0.0,
+            )  # fmt: skip
         )
-        with state.store.session() as s:
-            s.add(
-                Deployment(
-                    id="dep_1",
-                    name="m",
-                    model="org/tiny",
-                    engine="llamacpp",
-                    provider="fake",
-                    replicas=1,
-                    state="active",
-                    spec={},
-                    created_at=0.0,
-                    updated_at=0.0,
-                )  # fmt: skip
-            )
-            for basis, cost in (("measured", 0.25), ("estimate", 0.05)):
-                record_serverless(
-                    s, deployment_id="dep_1", endpoint_id="ep-1", provider="fake", basis=basis, detail="x",
-                    start_ts=0.0, end_ts=10.0, seconds=100.0, cost_usd=cost, price_per_second=PRICE,
-                )  # fmt: skip
-            s.commit()
-        body = client.get("/api/v1/ledger").json()
+        for basis, cost in (("measured", 0.25), ("estimate", 0.05)):
+            record_serverless(
+                s, deployment_id="dep_1", endpoint_id="ep-1", provider="fake", basis=basis, detail="x",
+                start_ts=0.0, end_ts=10.0, seconds=100.0, cost_usd=cost, price_per_second=PRICE,
+            )  # fmt: skip
+        s.commit()
+    body = client.get("/api/v1/ledger").json()
     [row] = body["deployments"]
     assert row["serverless"] == {
         "seconds": 200.0,
